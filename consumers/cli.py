@@ -1,0 +1,124 @@
+"""The `batchyard` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from consumers.settings import Settings, SettingsError, describe
+
+Handler = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchyard",
+        description="Gemini Batch API embedding jobs from a NATS JetStream event stream.",
+        epilog=describe(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    streams = sub.add_parser("streams", help="provision JetStream")
+    ssub = streams.add_subparsers(dest="action", required=True)
+    apply = ssub.add_parser("apply", help="create or update streams, consumers and buckets")
+    apply.add_argument("--replicas", type=int, default=1, choices=(1, 3, 5))
+    export = ssub.add_parser("export", help="write the nats CLI JSON definitions")
+    export.add_argument("directory", type=Path)
+    export.add_argument("--replicas", type=int, default=1, choices=(1, 3, 5))
+
+    migrate = sub.add_parser("migrate", help="SQL migrations")
+    msub = migrate.add_subparsers(dest="action", required=True)
+    msub.add_parser("up", help="apply every pending migration")
+    down = msub.add_parser("down", help="revert the newest N migrations")
+    down.add_argument("steps", type=int)
+    msub.add_parser("status", help="applied version, dirty flag, pending migrations")
+    force = msub.add_parser("force", help="record VERSION as applied and clean (-1: none)")
+    force.add_argument("version", type=int)
+
+    emulator = sub.add_parser("emulator", help="the Gemini API emulator alone")
+    emulator.add_argument("args", nargs=argparse.REMAINDER)
+
+    sub.add_parser("demo", help="the whole system on this machine")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["emulator"]:
+        from sandbox.emulator import main as emulator_main
+
+        return emulator_main(argv[1:])
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"batchyard: bad setting: {exc}", file=sys.stderr)
+        return 2
+    handler = _HANDLERS[args.command]
+    try:
+        return asyncio.run(handler(settings, args))
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _streams(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers import provision
+
+    if args.action == "export":
+        for path in provision.export(args.directory, args.replicas):
+            print(path)
+        return 0
+    from consumers.connect import connect_nats
+
+    nc = await connect_nats(settings, max_reconnect_attempts=3)
+    try:
+        changed = await provision.apply(nc.jetstream(), args.replicas)
+    finally:
+        await nc.close()
+    print("\n".join(changed) if changed else "streams: up to date")
+    return 0
+
+
+async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from consumers.migrate import MigrationError, Migrator
+
+    conn = await asyncpg.connect(settings.database_url, timeout=10)
+    try:
+        migrator = Migrator(conn)
+        if args.action == "up":
+            applied = await migrator.up()
+            print(f"applied {applied}" if applied else "migrations: up to date")
+        elif args.action == "down":
+            print(f"reverted {await migrator.down(args.steps)}")
+        elif args.action == "force":
+            await migrator.force(args.version)
+            print(f"version forced to {args.version}")
+        else:
+            print(json.dumps(await migrator.status()))
+    except MigrationError as exc:
+        print(f"batchyard: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await conn.close()
+    return 0
+
+
+async def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.demo import run_demo
+
+    return await run_demo(settings)
+
+
+_HANDLERS: dict[str, Handler] = {
+    "streams": _streams,
+    "migrate": _migrate,
+    "demo": _demo,
+}

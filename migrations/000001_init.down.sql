@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS batchyard.embeddings;
+DROP TABLE IF EXISTS batchyard.batches;

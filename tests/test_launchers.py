@@ -1,0 +1,78 @@
+"""The sandbox launchers start real servers and leave nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import textwrap
+
+import asyncpg
+import nats
+
+from sandbox.natsd import nats_server
+from sandbox.pg import postgres_server
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_nats_restart_keeps_port_and_messages() -> None:
+    """A stopped and restarted nats-server keeps its port and its file storage."""
+    async with nats_server() as server:
+        nc = await nats.connect(server.url)
+        js = nc.jetstream()
+        await js.add_stream(name="S", subjects=["s"])
+        await js.publish("s", b"kept")
+        await nc.close()
+        port = server.port
+        await server.stop()
+        await server.start()
+        assert server.port == port
+        nc = await nats.connect(server.url)
+        assert (await nc.jetstream().get_msg("S", 1)).data == b"kept"
+        await nc.close()
+        store, pid = server.store_dir, server.proc.pid if server.proc else 0
+    assert not store.exists() and not _alive(pid)
+
+
+async def test_postgres_starts_and_is_removed() -> None:
+    """The PostgreSQL launcher serves the batchyard database and removes its dir."""
+    async with postgres_server() as server:
+        conn = await asyncpg.connect(server.url)
+        assert await conn.fetchval("SELECT current_database()") == "batchyard"
+        await conn.close()
+        root, pid = server.root, server.proc.pid if server.proc else 0
+    assert not root.exists() and not _alive(pid)
+
+
+async def test_ctrl_c_cleans_up() -> None:
+    """SIGINT to a process holding both servers stops them and removes their dirs."""
+    script = textwrap.dedent("""
+        import asyncio, sys
+        from sandbox.natsd import nats_server
+        from sandbox.pg import postgres_server
+        async def main():
+            async with nats_server() as n, postgres_server() as p:
+                print(n.proc.pid, p.proc.pid, n.store_dir, p.root, flush=True)
+                await asyncio.sleep(60)
+        try:
+            asyncio.run(main())
+        except KeyboardInterrupt:
+            sys.exit(130)
+    """)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout
+    line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().split()
+    proc.send_signal(signal.SIGINT)
+    assert await asyncio.wait_for(proc.wait(), 30) == 130
+    npid, ppid, ndir, pdir = int(line[0]), int(line[1]), line[2], line[3]
+    assert not _alive(npid) and not _alive(ppid)
+    assert not os.path.exists(ndir) and not os.path.exists(pdir)
