@@ -41,6 +41,18 @@ def _parser() -> argparse.ArgumentParser:
     force = msub.add_parser("force", help="record VERSION as applied and clean (-1: none)")
     force.add_argument("version", type=int)
 
+    run = sub.add_parser("run", help="run consumer roles until SIGTERM")
+    run.add_argument("roles", nargs="+", metavar="ROLE",
+                     help="submit, poll, key-health, recovery, or all")
+
+    publish = sub.add_parser("publish", help="publish a JSONL file of {id, text} as one batch")
+    publish.add_argument("file", type=Path)
+    publish.add_argument("--batch-id", required=True)
+    publish.add_argument("--model")
+    publish.add_argument("--task-type")
+    publish.add_argument("--output-dimensionality", type=int)
+    publish.add_argument("--source")
+
     emulator = sub.add_parser("emulator", help="the Gemini API emulator alone")
     emulator.add_argument("args", nargs=argparse.REMAINDER)
 
@@ -117,7 +129,32 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> int:
     return await run_demo(settings)
 
 
+async def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.run import role_names, run_roles
+
+    try:
+        names = role_names(args.roles)
+    except ValueError as exc:
+        print(f"batchyard: {exc}", file=sys.stderr)
+        return 2
+    return await run_roles(settings, names)
+
+
+async def _publish(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.producer import publish_file
+    from events.payloads import InvalidMessage
+
+    try:
+        print(await publish_file(settings, args))
+    except (InvalidMessage, OSError) as exc:
+        print(f"batchyard: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 _HANDLERS: dict[str, Handler] = {
+    "run": _run,
+    "publish": _publish,
     "streams": _streams,
     "migrate": _migrate,
     "demo": _demo,

@@ -22,20 +22,20 @@ MAX_INPUT_BYTES = 256 * 1024 * 1024
 MAX_DIMENSIONALITY = 3072
 MAX_ATTEMPT = 1000
 
-ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
+ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}\Z"
 
 Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN)]
 ModelName = Annotated[
-    str, Meta(min_length=1, max_length=128, pattern=r"^(models/)?[A-Za-z0-9][A-Za-z0-9._-]*$")
+    str, Meta(min_length=1, max_length=128, pattern=r"^(models/)?[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 ]
-ObjectName = Annotated[str, Meta(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._:/=-]+$")]
-JobName = Annotated[str, Meta(max_length=256, pattern=r"^batches/[A-Za-z0-9_-]+$")]
+ObjectName = Annotated[str, Meta(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._:/=-]+\Z")]
+JobName = Annotated[str, Meta(max_length=256, pattern=r"^batches/[A-Za-z0-9_-]+\Z")]
 Text = Annotated[str, Meta(min_length=1, max_length=MAX_TEXT_CHARS)]
 Dimensionality = Annotated[int, Meta(ge=1, le=MAX_DIMENSIONALITY)]
 Attempt = Annotated[int, Meta(ge=0, le=MAX_ATTEMPT)]
 Count = Annotated[int, Meta(ge=0)]
 FreeText = Annotated[str, Meta(max_length=1024)]
-Fingerprint = Annotated[str, Meta(pattern=r"^[0-9a-f]{12}$")]
+Fingerprint = Annotated[str, Meta(pattern=r"^[0-9a-f]{12}\Z")]
 TaskType = Literal[
     "TASK_TYPE_UNSPECIFIED",
     "RETRIEVAL_QUERY",

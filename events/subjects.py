@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-SUBMIT = "batch.submit"
-POLL = "batch.poll"
-COMPLETED = "batch.completed"
-DEAD = "batch.dead"
-AUTH_FAILED = "batch.auth_failed"
-KEY_ROTATED = "key.rotated"
-KEY_VALID = "key.valid"
-KEY_INVALID = "key.invalid"
+from typing import Final
+
+SUBMIT: Final = "batch.submit"
+POLL: Final = "batch.poll"
+COMPLETED: Final = "batch.completed"
+DEAD: Final = "batch.dead"
+AUTH_FAILED: Final = "batch.auth_failed"
+KEY_ROTATED: Final = "key.rotated"
+KEY_VALID: Final = "key.valid"
+KEY_INVALID: Final = "key.invalid"
 
 
 def submit_id(batch_id: str, attempt: int) -> str:

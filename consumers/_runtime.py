@@ -1,0 +1,269 @@
+"""The consumer runtime every role runs on.
+
+It owns the pull loop, the number of messages in flight, `in_progress` heartbeats,
+the one mapping from outcome to ack / nak(delay) / term, and graceful shutdown.
+A role only says what a message means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import random
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+
+from consumers import metrics
+from consumers.errors import AuthError, BatchyardError, PermanentError, RetryableError
+from events.jetstream import Consumer
+from events.payloads import InvalidMessage
+from events.publisher import PublishError
+
+log = structlog.get_logger("batchyard.runtime")
+
+BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 60.0)
+
+
+class Action(enum.Enum):
+    ACK = "ack"
+    NAK = "nak"
+    TERM = "term"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    action: Action
+    delay: float = 0.0
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.label or self.action.value
+
+
+ACK = Outcome(Action.ACK)
+
+
+def nak(delay: float, label: str = "") -> Outcome:
+    return Outcome(Action.NAK, delay, label)
+
+
+def term(label: str = "") -> Outcome:
+    return Outcome(Action.TERM, 0.0, label)
+
+
+def backoff(deliveries: int, server_delay: float | None = None) -> float:
+    """1 2 4 8 16 30 60 s by delivery, with jitter; a server's RetryInfo delay wins."""
+    if server_delay is not None:
+        return server_delay
+    base = BACKOFF[min(max(deliveries, 1), len(BACKOFF)) - 1]
+    return base * (0.75 + random.random() / 2)
+
+
+class Role(Protocol):
+    """What a consumer role tells the runtime."""
+
+    name: str
+    consumer: Consumer
+
+    async def ready(self) -> None:
+        """Return when the role may fetch (a closed gate or a bad key holds it)."""
+
+    async def handle(self, msg: Msg) -> Outcome:
+        """Do the work; raise BatchyardError / InvalidMessage for the runtime to map."""
+
+    async def reject(self, msg: Msg, error: InvalidMessage | PermanentError | RetryableError,
+                     ) -> Outcome:
+        """Dead-letter the message; returns the outcome (normally term)."""
+
+    async def park(self, msg: Msg, error: AuthError) -> Outcome:
+        """Park the message for replay once the key is valid again."""
+
+    def retry_delay(self, msg: Msg, error: RetryableError) -> float:
+        """Seconds until the next delivery of a message that hit a retryable error."""
+
+
+class Runtime:
+    """Runs roles until `stop` is set, then drains within `drain_timeout`."""
+
+    def __init__(self, js: JetStreamContext, roles: list[Role], *, concurrency: int,
+                 drain_timeout: float, fetch_timeout: float = 1.0):
+        self.js = js
+        self.roles = roles
+        self.concurrency = concurrency
+        self.drain_timeout = drain_timeout
+        self.fetch_timeout = fetch_timeout
+        self.stop = asyncio.Event()
+        self.bound: set[str] = set()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for role in self.roles:
+                tg.create_task(_Loop(self, role).run(), name=f"consume-{role.name}")
+
+
+class _Loop:
+    """One role's pull loop: a fetcher, `concurrency` workers and a heartbeat."""
+
+    def __init__(self, runtime: Runtime, role: Role):
+        self.rt = runtime
+        self.role = role
+        self.queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self.inflight: dict[Msg, float] = {}
+        self.freed = asyncio.Event()
+        max_deliver = role.consumer.config.max_deliver or -1
+        self.max_deliver = max_deliver if max_deliver > 0 else 0
+
+    async def run(self) -> None:
+        rt, role = self.rt, self.role
+        sub = await rt.js.pull_subscribe_bind(
+            durable=role.consumer.name, stream=role.consumer.stream,
+            pending_msgs_limit=rt.concurrency * 4)
+        rt.bound.add(role.name)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                workers = [tg.create_task(self._work()) for _ in range(rt.concurrency)]
+                beat = tg.create_task(self._heartbeat())
+                await self._fetch(sub)
+                await self._drain(workers)
+                beat.cancel()
+        finally:
+            rt.bound.discard(role.name)
+            try:
+                await sub.unsubscribe()
+            except Exception:  # the connection may already be closed
+                pass
+
+    async def _wait(self, aw: Awaitable[object]) -> bool:
+        """Await `aw` unless stop comes first; False when stopping."""
+        stopping = asyncio.ensure_future(self.rt.stop.wait())
+        task = asyncio.ensure_future(aw)
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not task.done():
+                task.cancel()
+        return not self.rt.stop.is_set()
+
+    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> None:
+        while not self.rt.stop.is_set():
+            room = self.rt.concurrency - len(self.inflight)
+            if room <= 0:
+                self.freed.clear()
+                await self._wait(self.freed.wait())
+                continue
+            if not await self._wait(self.role.ready()):
+                break
+            try:
+                msgs = await sub.fetch(room, timeout=self.rt.fetch_timeout)
+            except (NatsTimeoutError, TimeoutError):
+                continue
+            except ConnectionClosedError:
+                break
+            except Exception as exc:  # a reconnect in progress: wait, then fetch again
+                log.warning("fetch.failed", role=self.role.name, error=repr(exc))
+                await self._wait(asyncio.sleep(0.5))
+                continue
+            now = time.monotonic()
+            for msg in msgs:
+                self.inflight[msg] = now
+                self.queue.put_nowait(msg)
+
+    async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
+        deadline = time.monotonic() + self.rt.drain_timeout
+        while self.inflight and time.monotonic() < deadline:
+            self.freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.freed.wait(), deadline - time.monotonic())
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        if self.inflight:
+            log.warning("drain.naked", role=self.role.name, messages=len(self.inflight))
+            for msg in list(self.inflight):
+                await _settle(msg, nak(0))
+            self.inflight.clear()
+
+    async def _work(self) -> None:
+        while True:
+            msg = await self.queue.get()
+            try:
+                outcome = await self._outcome(msg)
+            except asyncio.CancelledError:
+                await asyncio.shield(_settle(msg, nak(0)))
+                self.inflight.pop(msg, None)
+                raise
+            await _settle(msg, outcome)
+            self.inflight.pop(msg, None)
+            self.freed.set()
+            metrics.MESSAGES.labels(self.role.name, outcome.name).inc()
+
+    async def _outcome(self, msg: Msg) -> Outcome:
+        """Run the handler; map whatever it raises to exactly one outcome."""
+        role = self.role
+        with structlog.contextvars.bound_contextvars(stage=role.name, subject=msg.subject):
+            try:
+                return await role.handle(msg)
+            except InvalidMessage as exc:
+                return await self._guard(msg, role.reject(msg, exc))
+            except AuthError as exc:
+                return await self._guard(msg, role.park(msg, exc))
+            except PermanentError as exc:
+                return await self._guard(msg, role.reject(msg, exc))
+            except RetryableError as exc:
+                return await self._retry(msg, exc)
+            except PublishError as exc:
+                return await self._retry(msg, RetryableError(str(exc)))
+            except Exception as exc:
+                log.exception("handler.crashed", error=repr(exc))
+                return await self._retry(msg, RetryableError(repr(exc)))
+
+    async def _retry(self, msg: Msg, exc: RetryableError) -> Outcome:
+        delivered = msg.metadata.num_delivered
+        if self.max_deliver and delivered >= self.max_deliver:
+            # The server would never deliver it again: dead-letter it now.
+            return await self._guard(msg, self.role.reject(msg, exc))
+        delay = self.role.retry_delay(msg, exc)
+        metrics.RETRIES.labels(self.role.name, "quota" if exc.quota else "transient").inc()
+        log.info("retry.scheduled", error=exc.message, delay=round(delay, 2), delivery=delivered)
+        return nak(delay, "retry")
+
+    async def _guard(self, msg: Msg, step: Awaitable[Outcome]) -> Outcome:
+        """Parking and dead-lettering publish; if that fails, try again later."""
+        try:
+            return await step
+        except (PublishError, BatchyardError) as exc:
+            log.warning("settle.failed", error=str(exc))
+            return nak(backoff(msg.metadata.num_delivered), "retry")
+
+    async def _heartbeat(self) -> None:
+        every = (self.role.consumer.config.ack_wait or 30.0) / 6
+        while True:
+            await asyncio.sleep(every)
+            cutoff = time.monotonic() - every
+            for msg, started in list(self.inflight.items()):
+                if started <= cutoff:
+                    with contextlib.suppress(Exception):  # reconnecting: next beat retries
+                        await msg.in_progress()
+
+
+async def _settle(msg: Msg, outcome: Outcome) -> None:
+    try:
+        if outcome.action is Action.ACK:
+            await msg.ack()
+        elif outcome.action is Action.NAK:
+            await msg.nak(delay=outcome.delay if outcome.delay > 0 else None)
+        else:
+            await msg.term()
+    except Exception as exc:  # unacked: the server redelivers after ack_wait
+        log.warning("settle.lost", action=outcome.action.value, error=repr(exc))

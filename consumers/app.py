@@ -1,0 +1,60 @@
+"""What every role shares in one process: connections, store, Gemini client, key."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.object_store import ObjectStore
+
+from consumers.connect import connect_nats, create_pool
+from consumers.gemini import Gemini
+from consumers.keys import KeySource
+from consumers.settings import Settings
+from consumers.store import Store
+from events import jetstream as defs
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class App:
+    settings: Settings
+    nc: NATS
+    js: JetStreamContext
+    store: Store
+    keys: KeySource
+    gemini: Gemini
+    inputs: ObjectStore
+    stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+
+    @classmethod
+    async def open(cls, settings: Settings, name: str = "batchyard") -> App:
+        stack = AsyncExitStack()
+        try:
+            nc = await connect_nats(settings, name=name)
+            stack.push_async_callback(_close_nats, nc)
+            pool = await create_pool(settings)
+            stack.push_async_callback(pool.close)
+            js = nc.jetstream(timeout=10)
+            keys = KeySource(settings.gemini_api_key, settings.gemini_api_key_file)
+            gemini = Gemini(settings, keys)
+            stack.push_async_callback(gemini.close)
+            inputs = await js.object_store(defs.BATCH_INPUTS)
+        except BaseException:
+            await stack.aclose()
+            raise
+        return cls(settings, nc, js, Store(pool), keys, gemini, inputs, stack)
+
+    async def close(self) -> None:
+        await self.stack.aclose()
+
+
+async def _close_nats(nc: NATS) -> None:
+    if not nc.is_closed:
+        await nc.drain()

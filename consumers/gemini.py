@@ -1,0 +1,256 @@
+"""The Gemini boundary: every call goes through here and every error is classified once.
+
+auth (CONTRACT §7) → AuthError; 429, 408, 5xx, timeouts, connection resets →
+RetryableError (with the server's RetryInfo delay when given); everything else →
+PermanentError. No other module looks at an error's text.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pydantic
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from consumers import logs, metrics
+from consumers.errors import AuthError, BatchyardError, PermanentError, RetryableError
+from consumers.keys import KeySource
+from consumers.settings import Settings
+
+try:
+    import httpx2 as _httpx
+except ImportError:  # pragma: no cover - the SDK's transport ships with it
+    import httpx as _httpx  # type: ignore[no-redef]
+
+_KEY_REASONS = {"API_KEY_INVALID", "API_KEY_SERVICE_BLOCKED", "CONSUMER_SUSPENDED",
+                "SERVICE_DISABLED", "API_KEY_HTTP_REFERRER_BLOCKED", "API_KEY_IP_ADDRESS_BLOCKED"}
+# 403s without an ErrorInfo that are about the key rather than one resource.
+_KEY_403 = re.compile(r"API key|unregistered callers|Consumer .* has been suspended", re.I)
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)s$")
+_TRANSIENT = (TimeoutError, ConnectionError, aiohttp.ClientError, _httpx.TransportError)
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled", "expired"})
+TRANSFER_TIMEOUT = 1800.0
+
+
+@dataclass(frozen=True)
+class InlineResult:
+    values: list[float] | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    display_name: str | None
+    state: str  # pending, running, succeeded, failed, cancelled, expired
+    output_file: str | None = None
+    inline: list[InlineResult] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL
+
+
+def _details(exc: genai_errors.APIError) -> list[dict[str, Any]]:
+    body = exc.details if isinstance(exc.details, dict) else {}
+    err = body.get("error") if isinstance(body.get("error"), dict) else {}
+    found = err.get("details") if isinstance(err, dict) else None
+    return [d for d in found if isinstance(d, dict)] if isinstance(found, list) else []
+
+
+def _retry_delay(details: list[dict[str, Any]]) -> float | None:
+    for d in details:
+        if str(d.get("@type", "")).endswith("RetryInfo"):
+            m = _DURATION.match(str(d.get("retryDelay", "")))
+            if m:
+                return float(m[1])
+    return None
+
+
+def classify(exc: BaseException) -> BatchyardError:
+    """Map any exception raised by a Gemini call to one of the three branches."""
+    if isinstance(exc, BatchyardError):
+        return exc
+    if isinstance(exc, genai_errors.APIError):
+        code, status = int(exc.code or 0), exc.status
+        message = logs.redact(str(exc.message or status or code))
+        details = _details(exc)
+        reasons = {str(d.get("reason")) for d in details
+                   if str(d.get("@type", "")).endswith("ErrorInfo")}
+        if code == 401 or (code == 400 and "API_KEY_INVALID" in reasons):
+            return AuthError(message, code=code, status=status)
+        if code == 403 and (reasons & _KEY_REASONS or (not reasons and _KEY_403.search(message))):
+            return AuthError(message, code=code, status=status)
+        if code == 429:
+            return RetryableError(message, delay=_retry_delay(details), quota=True,
+                                  code=code, status=status)
+        if code == 408 or code >= 500:
+            return RetryableError(message, delay=_retry_delay(details), code=code, status=status)
+        return PermanentError(message, code=code, status=status)
+    if isinstance(exc, _TRANSIENT):
+        return RetryableError(f"{type(exc).__name__}: {logs.redact(str(exc))}")
+    if isinstance(exc, pydantic.ValidationError):
+        return PermanentError(f"unexpected response shape: {exc.error_count()} errors")
+    return PermanentError(f"{type(exc).__name__}: {logs.redact(str(exc))}")
+
+
+def _outcome(err: BatchyardError) -> str:
+    return {AuthError: "auth", RetryableError: "retryable"}.get(type(err), "permanent")
+
+
+class Gemini:
+    """google-genai's async client for the current key, with classified errors."""
+
+    def __init__(self, settings: Settings, keys: KeySource,
+                 may_call: Callable[[str], Awaitable[None]] | None = None):
+        self._settings = settings
+        self._keys = keys
+        self._client: genai.Client | None = None
+        self._client_key: str | None = None
+        self._may_call = may_call
+
+    @property
+    def fingerprint(self) -> str:
+        return self._keys.fingerprint
+
+    async def _aio(self) -> Any:
+        key = self._keys.current()
+        if self._may_call is not None:
+            await self._may_call(self._keys.fingerprint)
+        if self._client is None or key != self._client_key:
+            old = self._client
+            logs.add_secret(key)
+            self._client = genai.Client(api_key=key, http_options=types.HttpOptions(
+                base_url=self._settings.gemini_base_url,
+                api_version=self._settings.gemini_api_version,
+                timeout=int(self._settings.gemini_timeout * 1000),
+            ))
+            self._client_key = key
+            if old is not None:
+                await old.aio.aclose()
+        return self._client.aio
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aio.aclose()
+            self._client = None
+
+    @asynccontextmanager
+    async def _call(self, endpoint: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            err = classify(exc)
+            metrics.GEMINI_CALLS.labels(endpoint, _outcome(err)).inc()
+            raise err from None
+        metrics.GEMINI_CALLS.labels(endpoint, "ok").inc()
+
+    def _long(self) -> dict[str, Any]:
+        return {"http_options": {"timeout": int(TRANSFER_TIMEOUT * 1000)}}
+
+    async def check_key(self, model: str) -> None:
+        """The cheap call the key health check makes (models.get)."""
+        async with self._call("models.get"):
+            await (await self._aio()).models.get(model=model)
+
+    async def upload_jsonl(self, data: bytes, display_name: str) -> str:
+        """Upload one input file; returns its name (`files/...`)."""
+        async with self._call("files.upload"):
+            f = await (await self._aio()).files.upload(
+                file=io.BytesIO(data),
+                config={"mime_type": "application/jsonl", "display_name": display_name[:128],
+                        **self._long()})
+        if not f.name:
+            raise PermanentError("upload returned no file name")
+        return str(f.name)
+
+    async def delete_file(self, name: str) -> None:
+        async with self._call("files.delete"):
+            await (await self._aio()).files.delete(name=name)
+
+    async def create_job(self, model: str, display_name: str, *, file_name: str | None = None,
+                         texts: list[str] | None = None, config: dict[str, Any] | None = None,
+                         ) -> Job:
+        """Create an embeddings batch job from an uploaded file or inlined texts."""
+        src: dict[str, Any] = ({"file_name": file_name} if file_name is not None else
+                               {"inlined_requests": {"contents": texts, "config": config or None}})
+        async with self._call("batches.create"):
+            job = await (await self._aio()).batches.create_embeddings(
+                model=model, src=src, config={"display_name": display_name})
+        return _job(job)
+
+    async def get_job(self, name: str) -> Job:
+        async with self._call("batches.get"):
+            job = await (await self._aio()).batches.get(name=name, config=self._long())
+        return _job(job)
+
+    async def cancel_job(self, name: str) -> None:
+        async with self._call("batches.cancel"):
+            await (await self._aio()).batches.cancel(name=name)
+
+    async def find_job(self, display_name: str, max_pages: int = 50) -> Job | None:
+        """The job with this display_name, if any (crash adoption), within `max_pages`."""
+        async with self._call("batches.list"):
+            pager = await (await self._aio()).batches.list(config={"page_size": 100})
+            for _ in range(max_pages):
+                for job in pager.page:
+                    if job.display_name == display_name:
+                        return _job(job)
+                try:
+                    await pager.next_page()
+                except IndexError:
+                    break
+        return None
+
+    async def download(self, file_name: str, write: Callable[[bytes], Awaitable[None]]) -> None:
+        """Stream a results file to `write`, chunk by chunk (never files.get: 42-char ids)."""
+
+        class _Writer:
+            async def write(self, chunk: bytes) -> None:
+                await write(chunk)
+
+        async with self._call("files.download"):
+            await (await self._aio()).files.download(
+                file=file_name, config=self._long(), destination=_Writer())
+
+    async def embed(self, model: str, texts: list[str],
+                    config: dict[str, Any] | None = None) -> list[list[float] | None]:
+        """Online embeddings (batchEmbedContents) for up to 100 texts."""
+        async with self._call("models.embed_content"):
+            resp = await (await self._aio()).models.embed_content(
+                model=model, contents=texts, config=config or None)
+        return [e.values for e in (resp.embeddings or [])]
+
+
+_STATES = {"JOB_STATE_QUEUED": "pending", "JOB_STATE_PENDING": "pending",
+           "JOB_STATE_RUNNING": "running", "JOB_STATE_SUCCEEDED": "succeeded",
+           "JOB_STATE_FAILED": "failed", "JOB_STATE_CANCELLING": "running",
+           "JOB_STATE_CANCELLED": "cancelled", "JOB_STATE_EXPIRED": "expired",
+           "JOB_STATE_PAUSED": "pending", "JOB_STATE_UNSPECIFIED": "pending"}
+
+
+def _job(job: types.BatchJob) -> Job:
+    state = _STATES.get(job.state.value if job.state else "", "pending")
+    dest = job.dest
+    inline: list[InlineResult] | None = None
+    if dest is not None:
+        if dest.inlined_embed_content_responses is not None:
+            inline = [InlineResult(
+                values=(r.response.embedding.values if r.response and r.response.embedding
+                        else None),
+                error=(r.error.message or f"error {r.error.code}") if r.error else None,
+            ) for r in dest.inlined_embed_content_responses]
+        elif dest.inlined_responses is not None:  # every item failed: the SDK's other list
+            inline = [InlineResult(None, (r.error.message if r.error else None) or "no embedding")
+                      for r in dest.inlined_responses]
+    return Job(name=str(job.name), display_name=job.display_name, state=state,
+               output_file=dest.file_name if dest else None, inline=inline)

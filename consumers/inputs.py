@@ -1,0 +1,129 @@
+"""A batch's input: its items, the Batch API request forms, and where it is kept."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from nats.js.errors import NotFoundError
+from nats.js.errors import ObjectNotFoundError as _ObjectNotFound
+
+from consumers.app import App
+from consumers.errors import PermanentError
+from events import jetstream as defs
+from events.payloads import (
+    InvalidMessage,
+    Item,
+    SubmitRequest,
+    decode,
+    decode_items_jsonl,
+    encode_items_jsonl,
+)
+
+INLINE_MAX_BYTES = 1024 * 1024
+# Items of a retry are put in the object store above this, to stay under max_payload.
+MESSAGE_ITEMS_MAX_BYTES = 768 * 1024
+
+MODEL_DIMS = {"gemini-embedding-001": 3072, "text-embedding-004": 768,
+              "gemini-embedding-exp-03-07": 3072, "embedding-001": 768}
+
+
+class _Part(msgspec.Struct):
+    text: str
+
+
+class _Content(msgspec.Struct):
+    parts: list[_Part]
+
+
+class _Request(msgspec.Struct, omit_defaults=True):
+    content: _Content
+    task_type: str | None = None
+    output_dimensionality: int | None = None
+
+
+class _Line(msgspec.Struct):
+    key: str
+    request: _Request
+
+
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True)
+class Input:
+    """One attempt's request and its items, in order."""
+
+    request: SubmitRequest
+    items: list[Item]
+
+    @property
+    def model(self) -> str:
+        return self.request.model.removeprefix("models/")
+
+    @property
+    def dims(self) -> int | None:
+        return self.request.output_dimensionality or MODEL_DIMS.get(self.model)
+
+    def embed_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {}
+        if self.request.task_type:
+            config["task_type"] = self.request.task_type
+        if self.request.output_dimensionality:
+            config["output_dimensionality"] = self.request.output_dimensionality
+        return config
+
+    def jsonl(self) -> bytes:
+        """The input file of a file-sourced job: one `{key, request}` line per item."""
+        task, dims = self.request.task_type, self.request.output_dimensionality
+        buf = bytearray()
+        for item in self.items:
+            line = _Line(item.id, _Request(_Content([_Part(item.text)]), task, dims))
+            _encoder.encode_into(line, buf, len(buf))
+            buf += b"\n"
+        return bytes(buf)
+
+    def est_tokens(self) -> int:
+        """UTF-8 bytes of all texts / 4, rounded up (CONTRACT §11)."""
+        return -(-sum(len(i.text.encode()) for i in self.items) // 4)
+
+
+async def load_items(app: App, req: SubmitRequest) -> list[Item]:
+    """The request's items, from the message or the BATCH_INPUTS object store."""
+    if req.items is not None:
+        return req.items
+    assert req.items_object is not None
+    try:
+        obj = await app.inputs.get(req.items_object)
+    except (_ObjectNotFound, NotFoundError):
+        raise InvalidMessage(f"items_object: no object {req.items_object!r} in "
+                             f"{defs.BATCH_INPUTS}") from None
+    return decode_items_jsonl(obj.data or b"")
+
+
+async def load_input(app: App, seq: int) -> Input:
+    """The batch.submit message at BATCH stream sequence `seq`, with its items."""
+    try:
+        raw = await app.js.get_msg(defs.BATCH, seq)
+    except NotFoundError:
+        raise PermanentError(f"input message {seq} is no longer in {defs.BATCH}") from None
+    try:
+        req = decode(raw.data or b"", SubmitRequest)
+        return Input(req, await load_items(app, req))
+    except InvalidMessage as exc:
+        raise PermanentError(f"input message {seq}: {exc.reason}") from None
+
+
+async def next_attempt(app: App, inp: Input, items: list[Item], attempt: int) -> SubmitRequest:
+    """A batch.submit for `attempt` carrying only `items` (via the object store if large)."""
+    base = inp.request
+    fields = {"batch_id": base.batch_id, "model": base.model, "task_type": base.task_type,
+              "output_dimensionality": base.output_dimensionality, "source": base.source,
+              "attempt": attempt}
+    data = encode_items_jsonl(items)
+    if len(data) <= MESSAGE_ITEMS_MAX_BYTES:
+        return SubmitRequest(items=items, **fields)  # type: ignore[arg-type]
+    name = f"retry/{base.batch_id}/{attempt}.jsonl"
+    await app.inputs.put(name, data)
+    return SubmitRequest(items_object=name, **fields)  # type: ignore[arg-type]

@@ -1,0 +1,71 @@
+"""Dead letters (batch.dead) and parked messages (batch.auth_failed)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+import structlog
+from nats.aio.msg import Msg
+
+from consumers import metrics
+from consumers.app import App, utcnow
+from consumers.errors import AuthError
+from events import subjects
+from events.payloads import ID_PATTERN, AuthFailed, Dead, DeadItem, ErrorDetail, Stage
+from events.publisher import publish
+
+log = structlog.get_logger("batchyard")
+_ID = re.compile(ID_PATTERN)
+_id = msgspec.json.Decoder()
+
+
+def original(data: bytes) -> Any:
+    """The message as a JSON value when it parses, else its text with bad UTF-8 replaced."""
+    try:
+        return _id.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return data.decode("utf-8", errors="replace")
+
+
+def readable_batch_id(payload: Any) -> str | None:
+    """The message's batch_id if it has a valid one, else None."""
+    value = payload.get("batch_id") if isinstance(payload, dict) else None
+    return value if isinstance(value, str) and _ID.fullmatch(value) else None
+
+
+async def dead_letter(app: App, msg: Msg, *, stage: str, reason: str,
+                      error: ErrorDetail | None, batch_id: str | None = None,
+                      payload: Any = None, items: list[DeadItem] | None = None,
+                      attempts: int | None = None) -> None:
+    """Publish one batch.dead for `msg` (id `dead:<seq>`), then count and log it once."""
+    body = original(msg.data) if payload is None else payload
+    seq = msg.metadata.sequence.stream
+    dead = Dead(batch_id=batch_id if batch_id is not None else readable_batch_id(body),
+                stage=stage, reason=reason, error=error, subject=msg.subject, payload=body,
+                attempts=attempts if attempts is not None else msg.metadata.num_delivered,
+                dead_at=utcnow(), items=items)
+    await publish(app.js, subjects.DEAD, dead, subjects.dead_id(seq))
+    metrics.DEAD.labels(stage, reason).inc()
+    log.warning("message.dead", reason=reason, error=error.message if error else None,
+                batch_id=dead.batch_id, items=len(items) if items else None)
+
+
+async def park(app: App, msg: Msg, *, stage: Stage, batch_id: str, attempt: int,
+               error: AuthError) -> None:
+    """Park `msg` on batch.auth_failed, then mark the batch auth_failed (never failed)."""
+    payload = original(msg.data)
+    fingerprint = app.keys.fingerprint
+    parked = AuthFailed(batch_id=batch_id, stage=stage,
+                        subject=subjects.SUBMIT if stage == "submit" else subjects.POLL,
+                        payload=payload if isinstance(payload, dict) else {},
+                        key_fingerprint=fingerprint, error=error.detail(), failed_at=utcnow())
+    await publish(app.js, subjects.AUTH_FAILED, parked,
+                  subjects.parked_id(msg.metadata.sequence.stream))
+    await app.store.update(
+        batch_id, {"attempt": attempt}, status="auth_failed", key_fingerprint=fingerprint,
+        last_error=f"{error.code} {error.status}: {error.message}")
+    metrics.PARKED.labels(stage).inc()
+    log.warning("message.parked", error=error.message, key_fingerprint=fingerprint)
+

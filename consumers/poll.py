@@ -1,0 +1,110 @@
+"""`batch.poll`: poll the job; on success stream its results into PostgreSQL and settle.
+
+Failed items go round again as the next attempt, up to BATCHYARD_MAX_ITEM_ATTEMPTS;
+a job that fails whole spends an attempt of every item in it.
+"""
+
+from __future__ import annotations
+
+import structlog
+from nats.aio.msg import Msg
+
+from consumers import letters
+from consumers._runtime import ACK, Outcome, nak, term
+from consumers.app import App
+from consumers.errors import AuthError, PermanentError, RetryableError
+from consumers.finish import finish_attempt
+from consumers.gemini import Job
+from consumers.inputs import Input, load_input
+from consumers.results import ingest_file, ingest_inline
+from events import jetstream as defs
+from events.payloads import ErrorDetail, InvalidMessage, PollRequest, decode
+
+log = structlog.get_logger("batchyard.poll")
+
+
+class Poll:
+    name = "poll"
+    consumer = defs.POLL
+
+    def __init__(self, app: App):
+        self.app = app
+
+    async def ready(self) -> None:
+        return None
+
+    def retry_delay(self, msg: Msg, error: RetryableError) -> float:
+        return max(self.app.settings.poll_interval, error.delay or 0.0)
+
+    async def handle(self, msg: Msg) -> Outcome:
+        req = decode(msg.data, PollRequest)
+        with structlog.contextvars.bound_contextvars(batch_id=req.batch_id, attempt=req.attempt,
+                                                     job_name=req.job_name):
+            return await self._handle(msg, req)
+
+    async def _handle(self, msg: Msg, req: PollRequest) -> Outcome:
+        app = self.app
+        row = await app.store.get(req.batch_id)
+        if (row is None or row["attempt"] != req.attempt or row["status"] != "submitted"
+                or row["job_name"] != req.job_name):
+            log.info("poll.skipped", reason="not this attempt's running job",
+                     status=row["status"] if row else None)
+            return ACK
+        job = await app.gemini.get_job(req.job_name)
+        if not job.done:
+            return nak(app.settings.poll_interval, "waiting")
+        async with app.store.claim(req.batch_id) as claimed:
+            if not claimed:
+                return nak(app.settings.poll_interval, "busy")
+            row = await app.store.get(req.batch_id)
+            if row is None or row["attempt"] != req.attempt or row["status"] != "submitted":
+                return ACK
+            inp = await load_input(app, int(row["input_seq"]))
+            failures, whole = await self._results(job, inp)
+            await finish_attempt(app, msg, inp, req.attempt, failures, stage="poll",
+                                 job_name=job.name, whole_job_failed=whole)
+        await self._forget_input(row["input_file"])
+        return ACK
+
+    async def _results(self, job: Job, inp: Input) -> tuple[dict[str, ErrorDetail], bool]:
+        """Per-item failures of a finished job, and whether the job failed whole."""
+        if job.state != "succeeded":
+            error = ErrorDetail(status=f"JOB_{job.state.upper()}",
+                                message=f"batch job {job.name} ended {job.state}")
+            log.warning("job.failed", state=job.state)
+            return {item.id: error for item in inp.items}, True
+        if job.output_file:
+            ingest = await ingest_file(self.app, inp, job.output_file)
+        else:
+            ingest = await ingest_inline(self.app, inp, job.inline or [])
+        log.info("job.ingested", embedded=len(ingest.embedded), failed=len(ingest.failures))
+        return ingest.failures, False
+
+    async def _forget_input(self, input_file: str | None) -> None:
+        if not input_file:
+            return
+        try:
+            await self.app.gemini.delete_file(input_file)
+        except (RetryableError, PermanentError, AuthError) as exc:
+            log.warning("file.delete_failed", file=input_file, error=exc.message)
+
+    async def reject(self, msg: Msg, error: InvalidMessage | PermanentError | RetryableError,
+                     ) -> Outcome:
+        payload = letters.original(msg.data)
+        batch_id = letters.readable_batch_id(payload)
+        if isinstance(error, InvalidMessage):
+            detail, reason = ErrorDetail(message=error.reason), "invalid_message"
+        else:
+            detail, reason = error.detail(), "permanent_error"
+        await letters.dead_letter(self.app, msg, stage="poll", reason=reason, error=detail,
+                                  batch_id=batch_id)
+        if batch_id is not None and not isinstance(error, InvalidMessage):
+            await self.app.store.update(batch_id, {"status": "submitted"}, status="dead",
+                                        last_error=detail.message)
+        return term(reason)
+
+    async def park(self, msg: Msg, error: AuthError) -> Outcome:
+        req = decode(msg.data, PollRequest)
+        await letters.park(self.app, msg, stage="poll", batch_id=req.batch_id,
+                           attempt=req.attempt, error=error)
+        return ACK

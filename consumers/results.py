@@ -1,0 +1,172 @@
+"""Results of a finished job: stream-parse, validate each vector, upsert in chunks.
+
+Memory stays bounded whatever the file size: a partial line and at most `FLUSH_ROWS`
+rows are held at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import msgspec
+import structlog
+
+from consumers.app import App
+from consumers.gemini import InlineResult
+from consumers.inputs import Input
+from events.payloads import ErrorDetail
+
+log = structlog.get_logger("batchyard.results")
+FLUSH_ROWS = 256
+
+
+class _Embedding(msgspec.Struct):
+    values: list[float]
+
+
+class _Error(msgspec.Struct):
+    code: int | None = None
+    message: str = ""
+    status: str | None = None
+
+
+class _Response(msgspec.Struct):
+    embedding: _Embedding | None = None
+    error: _Error | None = None
+
+
+class _Line(msgspec.Struct):
+    key: str | None = None
+    response: _Response | None = None
+    error: _Error | None = None
+    status: _Error | None = None
+
+
+_line = msgspec.json.Decoder(_Line)
+_any = msgspec.json.Decoder()
+
+
+def check_vector(values: Sequence[float], dims: int | None) -> str | None:
+    """Why `values` cannot be stored, or None when it is a usable embedding."""
+    if dims is not None and len(values) != dims:
+        return f"expected {dims} values, got {len(values)}"
+    if not values:
+        return "empty embedding"
+    if not all(map(math.isfinite, values)):
+        return "embedding has non-finite values"
+    if not any(values):
+        return "embedding has zero norm"
+    return None
+
+
+class Ingest:
+    """Collects one attempt's results: rows to write, ids embedded, per-item failures."""
+
+    def __init__(self, app: App, inp: Input):
+        self.app = app
+        self.inp = inp
+        self.batch_id = inp.request.batch_id
+        self.model = inp.model
+        self.dims = inp.dims
+        self.order = [item.id for item in inp.items]
+        self.wanted = set(self.order)
+        self.rows: list[tuple[str, str, str, int, list[float]]] = []
+        self.embedded: set[str] = set()
+        self.failures: dict[str, ErrorDetail] = {}
+        self.unexpected = 0
+        self._index = 0
+        self._tail = b""
+
+    def add(self, key: str | None, values: list[float] | None, error: ErrorDetail | None) -> None:
+        if key is None and self._index < len(self.order):
+            key = self.order[self._index]  # lines come in input order
+        self._index += 1
+        if key not in self.wanted or key in self.embedded:
+            self.unexpected += 1
+            return
+        if values is not None and error is None:
+            why = check_vector(values, self.dims)
+            if why is None:
+                self.failures.pop(key, None)
+                self.embedded.add(key)
+                self.rows.append((key, self.model, self.batch_id, len(values), values))
+                return
+            error = ErrorDetail(status="INVALID_EMBEDDING", message=why)
+        self.failures[key] = error or ErrorDetail(message="no embedding in the result")
+
+    async def flush(self) -> None:
+        rows, self.rows = self.rows, []
+        await self.app.store.write_embeddings(rows)
+
+    async def feed(self, chunk: bytes) -> None:
+        """Take the next chunk of a results file."""
+        lines = (self._tail + chunk).split(b"\n")
+        self._tail = lines.pop()
+        for line in lines:
+            self._parse(line)
+        if len(self.rows) >= FLUSH_ROWS:
+            await self.flush()
+
+    def _parse(self, raw: bytes) -> None:
+        if not raw.strip():
+            return
+        try:
+            line = _line.decode(raw)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            key = _lenient_key(raw)
+            self.add(key, None, ErrorDetail(status="INVALID_RESULT",
+                                            message="result line could not be read"))
+            return
+        err = line.error or line.status or (line.response.error if line.response else None)
+        values = line.response.embedding.values if line.response and line.response.embedding \
+            else None
+        detail = ErrorDetail(code=err.code, status=err.status, message=err.message) if err \
+            else None
+        self.add(line.key, values, detail)
+
+    async def finish(self) -> None:
+        """End of input: the last partial line, the last rows, and items never answered."""
+        if self._tail:
+            self._parse(self._tail)
+            self._tail = b""
+        await self.flush()
+        for key in self.wanted - self.embedded - self.failures.keys():
+            self.failures[key] = ErrorDetail(status="MISSING", message="no result for this item")
+        if self.unexpected:
+            log.warning("results.unexpected_keys", batch_id=self.batch_id, count=self.unexpected)
+
+
+def _lenient_key(raw: bytes) -> str | None:
+    try:
+        value = _any.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    key = value.get("key") if isinstance(value, dict) else None
+    return key if isinstance(key, str) else None
+
+
+async def ingest_file(app: App, inp: Input, file_name: str) -> Ingest:
+    """Download, parse, validate and upsert a results file."""
+    ingest = Ingest(app, inp)
+    await app.gemini.download(file_name, ingest.feed)
+    await ingest.finish()
+    return ingest
+
+
+async def ingest_inline(app: App, inp: Input, results: list[InlineResult]) -> Ingest:
+    """Validate and upsert inlined responses (one per request, in input order)."""
+    ingest = Ingest(app, inp)
+    for item, result in zip(inp.items, results, strict=False):
+        error = ErrorDetail(message=result.error) if result.error else None
+        ingest.add(item.id, result.values, error)
+        if len(ingest.rows) >= FLUSH_ROWS:
+            await ingest.flush()
+    await ingest.finish()
+    return ingest
+
+
+async def ingest_vectors(app: App, inp: Input, vectors: list[list[float] | None]) -> Ingest:
+    """Validate and upsert online embeddings (one per item, in input order)."""
+    results = [InlineResult(v, None if v is not None else "no embedding") for v in vectors]
+    return await ingest_inline(app, inp, results)

@@ -1,0 +1,50 @@
+"""`batchyard run ROLE...`: run roles until SIGTERM, then drain and exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+
+import structlog
+
+from consumers import logs
+from consumers._runtime import Role, Runtime
+from consumers.app import App
+from consumers.poll import Poll
+from consumers.settings import Settings
+from consumers.submit import Submit
+
+log = structlog.get_logger("batchyard")
+
+ROLES: dict[str, Callable[[App], Role]] = {"submit": Submit, "poll": Poll}
+
+
+def role_names(names: list[str]) -> list[str]:
+    """Expand `all` and reject unknown names."""
+    chosen: list[str] = []
+    for name in names:
+        for n in (list(ROLES) if name == "all" else [name]):
+            if n not in ROLES:
+                raise ValueError(f"unknown role {n!r}; roles: {', '.join(ROLES)}, all")
+            if n not in chosen:
+                chosen.append(n)
+    return chosen
+
+
+async def run_roles(settings: Settings, names: list[str]) -> int:
+    logs.configure(settings.log_level)
+    app = await App.open(settings, name=f"batchyard-{'-'.join(names)}")
+    roles: list[Role] = [ROLES[n](app) for n in names]
+    runtime = Runtime(app.js, roles, concurrency=settings.concurrency,
+                      drain_timeout=settings.drain_timeout)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runtime.stop.set)
+    log.info("pod.started", roles=names, key_fingerprint=app.keys.fingerprint)
+    try:
+        await runtime.run()
+    finally:
+        await app.close()
+        log.info("pod.stopped", roles=names)
+    return 0

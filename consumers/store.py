@@ -1,0 +1,111 @@
+"""PostgreSQL: the batches table and bulk embedding writes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from consumers.errors import RetryableError
+
+FINISHED = frozenset({"succeeded", "partial", "failed", "dead", "cancelled"})
+
+_WRITE_EMBEDDINGS = """
+INSERT INTO batchyard.embeddings (item_id, model, batch_id, dims, embedding)
+SELECT item_id, model, batch_id, dims, embedding FROM pg_temp.embeddings_in
+ON CONFLICT (item_id, model) DO UPDATE
+SET batch_id = EXCLUDED.batch_id, dims = EXCLUDED.dims, embedding = EXCLUDED.embedding,
+    created_at = now()
+"""
+
+
+@asynccontextmanager
+async def db_errors() -> AsyncIterator[None]:
+    """PostgreSQL outages are retryable; constraint violations are bugs and propagate."""
+    try:
+        yield
+    except (OSError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+            asyncpg.ConnectionDoesNotExistError, asyncpg.TooManyConnectionsError,
+            asyncpg.AdminShutdownError, asyncpg.DeadlockDetectedError,
+            asyncpg.SerializationError, TimeoutError) as exc:
+        raise RetryableError(f"database: {type(exc).__name__}: {exc}") from None
+
+
+class Store:
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+
+    @asynccontextmanager
+    async def claim(self, batch_id: str) -> AsyncIterator[bool]:
+        """Hold a session advisory lock on the batch while a step runs.
+
+        The lock lives as long as the connection: a pod that dies loses it at once,
+        so there is never a stale claim to expire.
+        """
+        async with db_errors(), self.pool.acquire() as conn:
+            got = await conn.fetchval(
+                "SELECT pg_try_advisory_lock(hashtext('batchyard'), hashtext($1))", batch_id)
+            try:
+                yield bool(got)
+            finally:
+                if got and not conn.is_closed():
+                    await conn.execute(
+                        "SELECT pg_advisory_unlock(hashtext('batchyard'), hashtext($1))",
+                        batch_id)
+
+    async def get(self, batch_id: str) -> asyncpg.Record | None:
+        async with db_errors():
+            return await self.pool.fetchrow(
+                "SELECT * FROM batchyard.batches WHERE batch_id = $1", batch_id)
+
+    async def create_or_get(self, batch_id: str, model: str, items: int, attempt: int,
+                            source: str | None) -> asyncpg.Record:
+        """Insert the batch as pending_submission unless it exists; return the row."""
+        async with db_errors():
+            row = await self.pool.fetchrow(
+                """INSERT INTO batchyard.batches
+                   (batch_id, status, model, items_total, attempt, source)
+                   VALUES ($1, 'pending_submission', $2, $3, $4, $5)
+                   ON CONFLICT (batch_id) DO NOTHING RETURNING *""",
+                batch_id, model, items, attempt, source)
+            if row is None:
+                row = await self.pool.fetchrow(
+                    "SELECT * FROM batchyard.batches WHERE batch_id = $1", batch_id)
+            assert row is not None
+            return row
+
+    async def update(self, batch_id: str, where: dict[str, Any] | None = None,
+                     **values: Any) -> bool:
+        """Set `values` on the batch if its columns match `where`; True if a row changed."""
+        cols = list(values)
+        sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(cols, 2))
+        args: list[Any] = [batch_id, *values.values()]
+        conds = ["batch_id = $1"]
+        for c, v in (where or {}).items():
+            if isinstance(v, list | tuple | frozenset | set):
+                args.append(list(v))
+                conds.append(f"{c} = ANY(${len(args)})")
+            else:
+                args.append(v)
+                conds.append(f"{c} = ${len(args)}")
+        sql = (f"UPDATE batchyard.batches SET {sets}, updated_at = now() "
+               f"WHERE {' AND '.join(conds)}")
+        async with db_errors():
+            result = await self.pool.execute(sql, *args)
+        return bool(result != "UPDATE 0")
+
+    async def write_embeddings(self, rows: Sequence[tuple[str, str, str, int, Any]]) -> None:
+        """Upsert (item_id, model, batch_id, dims, values) rows at COPY speed."""
+        if not rows:
+            return
+        async with db_errors(), self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS embeddings_in "
+                "(item_id text, model text, batch_id text, dims integer, embedding real[]) "
+                "ON COMMIT DELETE ROWS")
+            await conn.copy_records_to_table(
+                "embeddings_in", records=rows,
+                columns=["item_id", "model", "batch_id", "dims", "embedding"])
+            await conn.execute(_WRITE_EMBEDDINGS)

@@ -1,0 +1,157 @@
+"""`batch.submit`: validate, persist, build the input, create the Gemini job once, hand it on.
+
+A batch of at most BATCHYARD_ONLINE_THRESHOLD items is embedded online instead and
+finished here.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+import structlog
+from nats.aio.msg import Msg
+
+from consumers import letters
+from consumers._runtime import ACK, Outcome, backoff, nak, term
+from consumers.app import App, utcnow
+from consumers.errors import AuthError, PermanentError, RetryableError
+from consumers.finish import finish_attempt
+from consumers.gemini import Job
+from consumers.inputs import INLINE_MAX_BYTES, Input, load_items
+from consumers.results import ingest_vectors
+from consumers.store import FINISHED
+from events import jetstream as defs
+from events import subjects
+from events.payloads import ErrorDetail, InvalidMessage, PollRequest, SubmitRequest, decode
+from events.publisher import publish
+
+log = structlog.get_logger("batchyard.submit")
+ONLINE_CHUNK = 100  # batchEmbedContents' per-call limit
+BUSY_DELAY = 5.0
+
+
+class Submit:
+    name = "submit"
+    consumer = defs.SUBMIT
+
+    def __init__(self, app: App):
+        self.app = app
+
+    async def ready(self) -> None:
+        return None
+
+    def retry_delay(self, msg: Msg, error: RetryableError) -> float:
+        return backoff(msg.metadata.num_delivered, error.delay)
+
+    async def handle(self, msg: Msg) -> Outcome:
+        req = decode(msg.data, SubmitRequest)
+        with structlog.contextvars.bound_contextvars(batch_id=req.batch_id, attempt=req.attempt):
+            return await self._handle(msg, req)
+
+    async def _handle(self, msg: Msg, req: SubmitRequest) -> Outcome:
+        app, batch_id = self.app, req.batch_id
+        items = await load_items(app, req)
+        row = await app.store.create_or_get(batch_id, req.model.removeprefix("models/"),
+                                            len(items), req.attempt, req.source)
+        if (skip := await self._already(row, req)) is not None:
+            return skip
+        async with app.store.claim(batch_id) as claimed:
+            if not claimed:
+                return nak(BUSY_DELAY, "busy")
+            row = await app.store.get(batch_id)
+            if row is None or (skip := await self._already(row, req)) is not None:
+                return skip or ACK
+            inp = Input(req, items)
+            crashed = row["status"] == "submitting" and row["attempt"] == req.attempt
+            await app.store.update(
+                batch_id, status="submitting", attempt=req.attempt,
+                input_seq=msg.metadata.sequence.stream, key_fingerprint=app.keys.fingerprint)
+            if len(items) <= app.settings.online_threshold:
+                await self._online(msg, inp)
+                return ACK
+            job, input_file = await self._create(inp, adopt=crashed)
+            await app.store.update(
+                batch_id, {"attempt": req.attempt, "status": "submitting"}, status="submitted",
+                job_name=job.name, input_file=input_file, submitted_at=utcnow(), last_error=None)
+        await self._hand_to_poll(batch_id, req.attempt, job.name)
+        log.info("batch.submitted", job_name=job.name, items=len(items), input_file=input_file)
+        return ACK
+
+    async def _already(self, row: asyncpg.Record, req: SubmitRequest) -> Outcome | None:
+        """ACK for a message whose attempt is stale or done; None when there is work."""
+        attempt, status = row["attempt"], row["status"]
+        if attempt > req.attempt or (attempt == req.attempt and status in FINISHED):
+            log.info("submit.skipped", reason="attempt already handled", status=status)
+            return ACK
+        if attempt == req.attempt and status == "submitted" and row["job_name"]:
+            # The job exists: the poll hand-off may have been lost in a crash.
+            await self._hand_to_poll(req.batch_id, attempt, row["job_name"])
+            return ACK
+        return None
+
+    async def _create(self, inp: Input, *, adopt: bool) -> tuple[Job, str | None]:
+        """Create the attempt's job, or adopt the one a crashed pod created."""
+        app, req = self.app, inp.request
+        name = subjects.display_name(req.batch_id, req.attempt)
+        if adopt:
+            found = await app.gemini.find_job(name)
+            if found is not None:
+                log.info("job.adopted", job_name=found.name)
+                return found, None
+        data = inp.jsonl()
+        if len(data) <= INLINE_MAX_BYTES:
+            job = await app.gemini.create_job(
+                inp.model, name, texts=[i.text for i in inp.items], config=inp.embed_config())
+            return job, None
+        file_name = await app.gemini.upload_jsonl(data, name)
+        try:
+            job = await app.gemini.create_job(inp.model, name, file_name=file_name)
+        except (RetryableError, PermanentError, AuthError):
+            await _forget_file(app, file_name)
+            raise
+        return job, file_name
+
+    async def _online(self, msg: Msg, inp: Input) -> None:
+        vectors: list[list[float] | None] = []
+        texts = [i.text for i in inp.items]
+        for start in range(0, len(texts), ONLINE_CHUNK):
+            chunk = texts[start:start + ONLINE_CHUNK]
+            got = await self.app.gemini.embed(inp.model, chunk, inp.embed_config())
+            vectors.extend(got + [None] * (len(chunk) - len(got)))
+        ingest = await ingest_vectors(self.app, inp, vectors)
+        await self.app.store.update(inp.request.batch_id, {"attempt": inp.request.attempt},
+                                    status="submitted", submitted_at=utcnow())
+        await finish_attempt(self.app, msg, inp, inp.request.attempt, ingest.failures,
+                             stage="submit", job_name=None)
+
+    async def _hand_to_poll(self, batch_id: str, attempt: int, job_name: str) -> None:
+        poll = PollRequest(batch_id=batch_id, job_name=job_name, attempt=attempt)
+        await publish(self.app.js, subjects.POLL, poll, subjects.poll_id(batch_id, attempt))
+
+    async def reject(self, msg: Msg, error: InvalidMessage | PermanentError | RetryableError,
+                     ) -> Outcome:
+        reason = ("invalid_message" if isinstance(error, InvalidMessage)
+                  else "deliveries_exhausted" if isinstance(error, RetryableError)
+                  else "permanent_error")
+        detail = ErrorDetail(message=error.reason) if isinstance(error, InvalidMessage) \
+            else error.detail()
+        payload = letters.original(msg.data)
+        batch_id = letters.readable_batch_id(payload)
+        await letters.dead_letter(self.app, msg, stage="submit", reason=reason, error=detail,
+                                  batch_id=batch_id)
+        if batch_id is not None and not isinstance(error, InvalidMessage):
+            await self.app.store.update(batch_id, {"status": ["submitting", "pending_submission"]},
+                                        status="dead", last_error=detail.message)
+        return term(reason)
+
+    async def park(self, msg: Msg, error: AuthError) -> Outcome:
+        req = decode(msg.data, SubmitRequest)
+        await letters.park(self.app, msg, stage="submit", batch_id=req.batch_id,
+                           attempt=req.attempt, error=error)
+        return ACK
+
+
+async def _forget_file(app: App, file_name: str) -> None:
+    try:
+        await app.gemini.delete_file(file_name)
+    except (RetryableError, PermanentError, AuthError) as exc:
+        log.warning("file.delete_failed", file=file_name, error=exc.message)
