@@ -12,6 +12,7 @@ from nats.js.object_store import ObjectStore
 
 from consumers.connect import connect_nats, create_pool
 from consumers.gemini import Gemini
+from consumers.keyguard import KeyGuard
 from consumers.keys import KeySource
 from consumers.settings import Settings
 from consumers.store import Store
@@ -31,6 +32,7 @@ class App:
     keys: KeySource
     gemini: Gemini
     inputs: ObjectStore
+    guard: KeyGuard
     stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     @classmethod
@@ -43,13 +45,14 @@ class App:
             stack.push_async_callback(pool.close)
             js = nc.jetstream(timeout=10)
             keys = KeySource(settings.gemini_api_key, settings.gemini_api_key_file)
-            gemini = Gemini(settings, keys)
+            guard = KeyGuard(await js.key_value(defs.KEY_HEALTH), keys)
+            gemini = Gemini(settings, keys, may_call=guard.may_call)
             stack.push_async_callback(gemini.close)
             inputs = await js.object_store(defs.BATCH_INPUTS)
         except BaseException:
             await stack.aclose()
             raise
-        return cls(settings, nc, js, Store(pool), keys, gemini, inputs, stack)
+        return cls(settings, nc, js, Store(pool), keys, gemini, inputs, guard, stack)
 
     async def close(self) -> None:
         await self.stack.aclose()

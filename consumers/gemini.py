@@ -122,9 +122,9 @@ class Gemini:
     def fingerprint(self) -> str:
         return self._keys.fingerprint
 
-    async def _aio(self) -> Any:
+    async def _aio(self, guarded: bool = True) -> Any:
         key = self._keys.current()
-        if self._may_call is not None:
+        if guarded and self._may_call is not None:
             await self._may_call(self._keys.fingerprint)
         if self._client is None or key != self._client_key:
             old = self._client
@@ -158,9 +158,9 @@ class Gemini:
         return {"http_options": {"timeout": int(TRANSFER_TIMEOUT * 1000)}}
 
     async def check_key(self, model: str) -> None:
-        """The cheap call the key health check makes (models.get)."""
+        """The cheap call the key health check makes (models.get), even with a bad key."""
         async with self._call("models.get"):
-            await (await self._aio()).models.get(model=model)
+            await (await self._aio(guarded=False)).models.get(model=model)
 
     async def upload_jsonl(self, data: bytes, display_name: str) -> str:
         """Upload one input file; returns its name (`files/...`)."""

@@ -11,7 +11,7 @@ from nats.aio.msg import Msg
 
 from consumers import metrics
 from consumers.app import App, utcnow
-from consumers.errors import AuthError
+from consumers.errors import AuthError, RetryableError
 from events import subjects
 from events.payloads import ID_PATTERN, AuthFailed, Dead, DeadItem, ErrorDetail, Stage
 from events.publisher import publish
@@ -55,8 +55,15 @@ async def dead_letter(app: App, msg: Msg, *, stage: str, reason: str,
 async def park(app: App, msg: Msg, *, stage: Stage, batch_id: str, attempt: int,
                error: AuthError) -> None:
     """Park `msg` on batch.auth_failed, then mark the batch auth_failed (never failed)."""
-    payload = original(msg.data)
     fingerprint = app.keys.fingerprint
+    if app.guard.stale(fingerprint):
+        # Another key is already known valid: parking would wait for a key.valid that
+        # has come and gone. Retry soon with the new key instead.
+        app.keys.refresh()
+        raise RetryableError(f"key {fingerprint} is stale, a newer key is valid")
+    if error.status != "KEY_MARKED_INVALID":
+        await app.guard.mark_invalid(fingerprint, error.message)
+    payload = original(msg.data)
     parked = AuthFailed(batch_id=batch_id, stage=stage,
                         subject=subjects.SUBMIT if stage == "submit" else subjects.POLL,
                         payload=payload if isinstance(payload, dict) else {},

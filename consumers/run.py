@@ -11,13 +11,16 @@ import structlog
 from consumers import logs
 from consumers._runtime import Role, Runtime
 from consumers.app import App
+from consumers.key_health import KeyHealthRole
 from consumers.poll import Poll
+from consumers.recovery import Recovery
 from consumers.settings import Settings
 from consumers.submit import Submit
 
 log = structlog.get_logger("batchyard")
 
-ROLES: dict[str, Callable[[App], Role]] = {"submit": Submit, "poll": Poll}
+ROLES: dict[str, Callable[[App], Role]] = {
+    "submit": Submit, "poll": Poll, "key-health": KeyHealthRole, "recovery": Recovery}
 
 
 def role_names(names: list[str]) -> list[str]:
@@ -43,7 +46,14 @@ async def run_roles(settings: Settings, names: list[str]) -> int:
         loop.add_signal_handler(sig, runtime.stop.set)
     log.info("pod.started", roles=names, key_fingerprint=app.keys.fingerprint)
     try:
-        await runtime.run()
+        async with asyncio.TaskGroup() as tg:
+            background = [tg.create_task(app.guard.watch(), name="keyguard")]
+            for role in roles:
+                if (extra := getattr(role, "background", None)) is not None:
+                    background.append(tg.create_task(extra(), name=f"{role.name}-background"))
+            await runtime.run()
+            for task in background:
+                task.cancel()
     finally:
         await app.close()
         log.info("pod.stopped", roles=names)

@@ -10,7 +10,7 @@ import asyncpg
 import structlog
 from nats.aio.msg import Msg
 
-from consumers import letters
+from consumers import failpoints, letters
 from consumers._runtime import ACK, Outcome, backoff, nak, term
 from consumers.app import App, utcnow
 from consumers.errors import AuthError, PermanentError, RetryableError
@@ -69,6 +69,7 @@ class Submit:
                 await self._online(msg, inp)
                 return ACK
             job, input_file = await self._create(inp, adopt=crashed)
+            failpoints.hit("submit.after_create")
             await app.store.update(
                 batch_id, {"attempt": req.attempt, "status": "submitting"}, status="submitted",
                 job_name=job.name, input_file=input_file, submitted_at=utcnow(), last_error=None)

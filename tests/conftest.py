@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import nats
@@ -14,6 +16,7 @@ from consumers import provision
 from consumers.migrate import Migrator
 from sandbox.natsd import NatsServer, nats_server
 from sandbox.pg import PostgresServer, postgres_server
+from tests.harness import Stack
 
 _db_numbers = itertools.count(1)
 
@@ -64,3 +67,27 @@ async def nc(natsd: NatsServer) -> AsyncIterator[NATS]:
         yield client
     finally:
         await client.close()
+
+
+KEY = "AIzaSyBatchyardTestKeyValid000000000001"
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[Any]:
+    """The Gemini API emulator in its own process, with KEY valid."""
+    from sandbox.emulator.testing import launch_emulator
+
+    async with launch_emulator(keys=(KEY,)) as emu:
+        yield emu
+
+
+@pytest.fixture
+async def stack(nc: NATS, natsd: NatsServer, migrated_url: str, emulator: Any,
+                tmp_path: Path) -> AsyncIterator[Stack]:
+    """nats-server, PostgreSQL and the emulator, ready for `batchyard run` pods."""
+    s = Stack(natsd=natsd, database_url=migrated_url, emulator=emulator, key=KEY, tmp=tmp_path)
+    s.key_file.write_text(KEY + "\n")
+    try:
+        yield s
+    finally:
+        await s.stop_all()

@@ -47,6 +47,7 @@ MALFORMED: list[tuple[str, bytes, str]] = [
     ("batch_id space", _sub(batch_id="a b"), "batch_id: expected `str` matching regex"),
     ("batch_id slash", _sub(batch_id="a/b"), "batch_id: expected `str` matching regex"),
     ("batch_id hash", _sub(batch_id="a#1"), "batch_id: expected `str` matching regex"),
+    ("batch_id trailing newline", _sub(batch_id="b1\n"), "batch_id: expected `str` matching regex"),
     ("batch_id unicode", _sub(batch_id="bätch"), "batch_id: expected `str` matching regex"),
     ("items not a list", _sub(items={"id": "a"}), "items: expected `array | null`, got `object`"),
     ("items empty", _sub(items=[]), "items: must not be empty"),

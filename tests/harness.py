@@ -1,0 +1,165 @@
+"""A running batchyard over real servers: pods are OS processes of `batchyard run`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import nats
+from nats.aio.client import Client as NATS
+
+from events import subjects
+from events.payloads import Item, SubmitRequest
+from events.publisher import publish
+from sandbox.natsd import NatsServer
+
+FAST = {
+    "BATCHYARD_POLL_INTERVAL": "300ms",
+    "BATCHYARD_KEY_CHECK_INTERVAL": "2s",
+    "BATCHYARD_HTTP_PORT": "0",
+    "BATCHYARD_DRAIN_TIMEOUT": "10s",
+    "BATCHYARD_GEMINI_TIMEOUT": "20s",
+    "BATCHYARD_LOG_LEVEL": "info",
+}
+
+
+class Pod:
+    """One `python -m consumers run ROLE...` process with its log file."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, log: Path, roles: tuple[str, ...]):
+        self.proc = proc
+        self.log = log
+        self.roles = roles
+
+    async def terminate(self, timeout: float = 30) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@dataclass
+class Stack:
+    natsd: NatsServer
+    database_url: str
+    emulator: Any
+    key: str
+    tmp: Path
+    pods: list[Pod] = field(default_factory=list)
+    overrides: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key_file(self) -> Path:
+        return self.tmp / "gemini.key"
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        return {
+            "PATH": os.environ.get("PATH", ""),
+            "NATS_URL": self.natsd.url,
+            "DATABASE_URL": self.database_url,
+            "GEMINI_API_KEY_FILE": str(self.key_file),
+            "GEMINI_BASE_URL": self.emulator.url,
+            **FAST, **self.overrides, **overrides,
+        }
+
+    async def pod(self, *roles: str, **env: str) -> Pod:
+        log = self.tmp / f"pod-{len(self.pods)}-{'-'.join(roles)}.log"
+        with log.open("wb") as f:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "consumers", "run", *roles, env=self.env(**env),
+                stdin=asyncio.subprocess.DEVNULL, stdout=f, stderr=f)
+        pod = Pod(proc, log, roles)
+        self.pods.append(pod)
+        return pod
+
+    async def stop_all(self) -> None:
+        for pod in self.pods:
+            if pod.proc.returncode is None:
+                try:
+                    await pod.terminate(30)
+                except TimeoutError:
+                    await pod.kill()
+
+    def logs(self) -> str:
+        return "\n".join(p.text() for p in self.pods)
+
+    async def nc(self) -> NATS:
+        return await nats.connect(self.natsd.url)
+
+    async def db(self) -> asyncpg.Connection:
+        return await asyncpg.connect(self.database_url)
+
+
+def batch(batch_id: str, n: int, *, attempt: int = 0, prefix: str = "",
+          **fields: Any) -> SubmitRequest:
+    items = [Item(f"{prefix or batch_id}-{i}", f"chunk {i} of {batch_id}: def f{i}(): pass")
+             for i in range(n)]
+    return SubmitRequest(batch_id=batch_id, items=items, attempt=attempt, **fields)
+
+
+async def submit(nc: NATS, req: SubmitRequest) -> None:
+    await publish(nc.jetstream(), subjects.SUBMIT, req, subjects.submit_id(req.batch_id,
+                                                                              req.attempt))
+
+
+async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float = 60.0,
+                   every: float = 0.2, what: str = "condition") -> Any:
+    """Poll `check` until it returns something truthy; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+async def statuses(db: asyncpg.Connection) -> dict[str, int]:
+    rows = await db.fetch("SELECT status, count(*) AS n FROM batchyard.batches GROUP BY status")
+    return {r["status"]: r["n"] for r in rows}
+
+
+async def wait_finished(stack: Stack, n: int, timeout: float = 120.0) -> dict[str, int]:
+    """Wait until `n` batches rest in a final status; returns the status counts."""
+    db = await stack.db()
+    try:
+        async def done() -> dict[str, int] | None:
+            counts = await statuses(db)
+            final = sum(v for k, v in counts.items()
+                        if k in ("succeeded", "partial", "failed", "dead", "cancelled"))
+            return counts if final >= n else None
+        return await wait_for(done, timeout, what=f"{n} finished batches")  # type: ignore[no-any-return]
+    finally:
+        await db.close()
+
+
+async def stream_messages(nc: NATS, subject: str) -> list[bytes]:
+    """Every message on `subject` in the BATCH stream (an ephemeral ordered read)."""
+    js = nc.jetstream()
+    sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=None)
+    out: list[bytes] = []
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=0.5)
+            except nats.errors.TimeoutError:
+                return out
+            out.append(msg.data)
+    finally:
+        await sub.unsubscribe()

@@ -1,0 +1,230 @@
+"""The main path over real processes: two pods per role, nats-server, PostgreSQL, emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+from collections import Counter
+
+import msgspec
+
+from events import jetstream as defs
+from events import subjects
+from events.payloads import Completed, Dead, Item, SubmitRequest, decode, encode
+from tests.harness import Stack, batch, stream_messages, submit, wait_finished, wait_for
+
+
+async def _pods(stack: Stack, **env: str) -> None:
+    for _ in range(2):
+        await stack.pod("submit", **env)
+        await stack.pod("poll", **env)
+
+
+def _job_names(state: dict) -> list[str]:
+    return [j["display_name"] for j in state["jobs"]]
+
+
+async def test_200_batches_each_item_embedded_once(stack: Stack) -> None:
+    """200 batches of 1–500 items: every item stored once, right dims, one job per attempt."""
+    await _pods(stack)
+    rng = random.Random(7)
+    sizes = {f"b{n:03d}": rng.randint(1, 500) for n in range(200)}
+    nc = await stack.nc()
+    for bid, n in sizes.items():
+        await submit(nc, batch(bid, n, output_dimensionality=8))
+    counts = await wait_finished(stack, len(sizes), timeout=240)
+    assert counts == {"succeeded": 200}
+    db = await stack.db()
+    rows = await db.fetch("SELECT batch_id, count(*) AS n, min(dims) AS lo, max(dims) AS hi, "
+                          "max(array_length(embedding, 1)) AS len "
+                          "FROM batchyard.embeddings GROUP BY batch_id")
+    assert {r["batch_id"]: r["n"] for r in rows} == sizes
+    assert {(r["lo"], r["hi"], r["len"]) for r in rows} == {(8, 8, 8)}
+    totals = await db.fetch("SELECT items_total, items_embedded, items_failed FROM "
+                            "batchyard.batches")
+    assert all(t["items_total"] == t["items_embedded"] and not t["items_failed"] for t in totals)
+    await db.close()
+    names = _job_names(await stack.emulator.state())
+    assert len(names) == len(set(names)) == sum(1 for n in sizes.values() if n > 10)
+    completed = [decode(m, Completed) for m in await stream_messages(nc, subjects.COMPLETED)]
+    assert sorted(c.batch_id for c in completed) == sorted(sizes)
+    assert all(c.status == "succeeded" and c.items_embedded == sizes[c.batch_id]
+               for c in completed)
+    await nc.close()
+
+
+async def test_default_dimensionality_is_the_models(stack: Stack) -> None:
+    """Without output_dimensionality, vectors have the model's 3072 values, unit length."""
+    await stack.pod("submit", "poll")
+    nc = await stack.nc()
+    await submit(nc, batch("full", 20))
+    assert await wait_finished(stack, 1) == {"succeeded": 1}
+    db = await stack.db()
+    dims = await db.fetch("SELECT dims, (SELECT sum(x * x) FROM unnest(embedding) x) AS norm "
+                          "FROM batchyard.embeddings")
+    assert len(dims) == 20 and {r["dims"] for r in dims} == {3072}
+    assert all(abs(r["norm"] - 1.0) < 1e-3 for r in dims)
+    await db.close()
+    await nc.close()
+
+
+async def test_duplicates_and_redeliveries_create_no_second_job(stack: Stack) -> None:
+    """The same batch published many times, with and without ids, makes one job."""
+    await _pods(stack)
+    nc = await stack.nc()
+    js = nc.jetstream()
+    reqs = [batch(f"dup{n}", 30) for n in range(10)]
+    for req in reqs:
+        await submit(nc, req)
+        await submit(nc, req)  # same Nats-Msg-Id: dropped by the stream
+        await js.publish(subjects.SUBMIT, encode(req))  # no id: a second message
+    assert await wait_finished(stack, 10) == {"succeeded": 10}
+    for req in reqs:  # after completion: must not re-submit a finished batch
+        await js.publish(subjects.SUBMIT, encode(req))
+    await asyncio.sleep(2)
+    names = _job_names(await stack.emulator.state())
+    assert sorted(names) == sorted(f"dup{n}:0" for n in range(10))
+    await nc.close()
+
+
+async def test_kill_between_job_creation_and_db_update_adopts_the_job(stack: Stack) -> None:
+    """A submit pod killed -9 right after creating the job: the job is adopted, not re-paid."""
+    nc = await stack.nc()
+    await nc.jetstream().add_consumer(defs.BATCH, defs.SUBMIT.config.evolve(ack_wait=3.0))
+    doomed = await stack.pod("submit", BATCHYARD_FAILPOINTS="submit.after_create")
+    await stack.pod("poll")
+    await submit(nc, batch("crash", 40))
+    assert await asyncio.wait_for(doomed.proc.wait(), 30) == -9
+    await stack.pod("submit")
+    assert await wait_finished(stack, 1) == {"succeeded": 1}
+    assert _job_names(await stack.emulator.state()) == ["crash:0"]
+    assert "job.adopted" in stack.logs()
+    await nc.close()
+
+
+async def test_server_errors_and_429_bursts_still_succeed(stack: Stack) -> None:
+    """10% 5xx and bursts of 429 with RetryInfo: everything succeeds within budget."""
+    await stack.emulator.set_faults(error_rate=0.1, rate_limit_burst=6, retry_delay_s=1, seed=3)
+    await _pods(stack)
+    nc = await stack.nc()
+    for n in range(30):
+        await submit(nc, batch(f"flaky{n}", 25 + n))
+    assert await wait_finished(stack, 30, timeout=180) == {"succeeded": 30}
+    dead = await stream_messages(nc, subjects.DEAD)
+    assert dead == []
+    assert "retry.scheduled" in stack.logs()
+    await nc.close()
+
+
+async def test_failed_job_is_resubmitted_then_succeeds(stack: Stack) -> None:
+    """A job that ends FAILED is re-submitted as attempt 1, which succeeds."""
+    await stack.emulator.set_faults(job_outcome="failed")
+    await _pods(stack)
+    nc = await stack.nc()
+    await submit(nc, batch("phoenix", 50))
+    db = await stack.db()
+    await wait_for(lambda: db.fetchval(
+        "SELECT attempt FROM batchyard.batches WHERE batch_id = 'phoenix' AND attempt = 1"),
+        60, what="attempt 1")
+    await stack.emulator.set_faults()
+    assert await wait_finished(stack, 1) == {"succeeded": 1}
+    names = sorted(_job_names(await stack.emulator.state()))
+    assert names == ["phoenix:0", "phoenix:1"]
+    assert await db.fetchval("SELECT count(*) FROM batchyard.embeddings") == 50
+    await db.close()
+    await nc.close()
+
+
+async def test_per_item_errors_retry_only_those_then_dead_letter(stack: Stack) -> None:
+    """Per-item errors: only failed items go round again; the last failures are dead."""
+    await stack.emulator.set_faults(item_error_rate=0.3, seed=11)
+    await _pods(stack)
+    nc = await stack.nc()
+    await submit(nc, batch("spotty", 200))
+    counts = await wait_finished(stack, 1, timeout=120)
+    db = await stack.db()
+    row = await db.fetchrow("SELECT * FROM batchyard.batches")
+    embedded = await db.fetchval("SELECT count(*) FROM batchyard.embeddings")
+    await db.close()
+    assert row["items_embedded"] == embedded and row["items_embedded"] + row["items_failed"] == 200
+    assert row["attempt"] == 2 and row["items_failed"] > 0 and counts == {"partial": 1}
+    dead = [decode(m, Dead) for m in await stream_messages(nc, subjects.DEAD)]
+    assert len(dead) == 1 and dead[0].reason == "item_attempts_exhausted"
+    assert dead[0].items is not None and len(dead[0].items) == row["items_failed"]
+    replay = msgspec.convert(dead[0].payload, SubmitRequest)
+    assert {i.id for i in replay.items or []} == {i.id for i in dead[0].items}
+    jobs = (await stack.emulator.state())["jobs"]
+    sizes = {j["display_name"]: j["request_count"] for j in jobs}
+    assert sizes["spotty:0"] == 200 and sizes["spotty:1"] < 100 and sizes["spotty:2"] < sizes["spotty:1"]
+    completed = [decode(m, Completed) for m in await stream_messages(nc, subjects.COMPLETED)]
+    assert [(c.status, c.items_failed) for c in completed] == [("partial", row["items_failed"])]
+    await nc.close()
+
+
+async def test_5mb_input_through_the_object_store(stack: Stack) -> None:
+    """`batchyard publish` puts a 5 MB input in BATCH_INPUTS; it is uploaded as a file."""
+    await _pods(stack)
+    path = stack.tmp / "big.jsonl"
+    text = "x" * 5000
+    with path.open("wb") as f:
+        for i in range(1000):
+            f.write(msgspec.json.encode(Item(f"big-{i}", f"{i} {text}")) + b"\n")
+    assert path.stat().st_size > 5_000_000
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "consumers", "publish", str(path), "--batch-id", "big",
+        "--output-dimensionality", "16", env=stack.env(), stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0 and b"object input/big.jsonl" in out
+    assert await wait_finished(stack, 1, timeout=120) == {"succeeded": 1}
+    state = await stack.emulator.state()
+    assert [j["input_file"] for j in state["jobs"]] and state["jobs"][0]["input_file"]
+    db = await stack.db()
+    assert await db.fetchval("SELECT count(*) FROM batchyard.embeddings") == 1000
+    await db.close()
+
+
+async def test_sigterm_mid_run_loses_nothing(stack: Stack) -> None:
+    """SIGTERM to every pod mid-run: each exits 0; new pods finish every batch."""
+    await _pods(stack)
+    nc = await stack.nc()
+    for n in range(40):
+        await submit(nc, batch(f"calm{n}", 20 + n))
+    db = await stack.db()
+    await wait_for(lambda: db.fetchval("SELECT count(*) >= 5 FROM batchyard.batches "
+                                       "WHERE status = 'succeeded'"), 60)
+    codes = await asyncio.gather(*(p.terminate() for p in list(stack.pods)))
+    assert codes == [0, 0, 0, 0]
+    await _pods(stack)
+    assert await wait_finished(stack, 40, timeout=120) == {"succeeded": 40}
+    assert await db.fetchval("SELECT count(*) FROM batchyard.embeddings") == sum(
+        20 + n for n in range(40))
+    await db.close()
+    await nc.close()
+
+
+async def test_malformed_messages_do_not_affect_good_ones(stack: Stack) -> None:
+    """Bad messages between good ones are dead-lettered with their reason; good ones pass."""
+    await _pods(stack)
+    nc = await stack.nc()
+    js = nc.jetstream()
+    bad = [b"not json", b"[]", b'{"batch_id": "x y", "items": []}', b"\xff\xfe\x00",
+           b'{"batch_id": "ok", "items": [{"id": "a", "text": "t"}], "items_object": "o"}',
+           json.dumps({"batch_id": "v2", "v": 2, "items": [{"id": "a", "text": "t"}]}).encode(),
+           b'{"batch_id": "noobj", "items_object": "missing.jsonl"}']
+    for n in range(10):
+        await submit(nc, batch(f"good{n}", 15))
+        await js.publish(subjects.SUBMIT, bad[n % len(bad)])
+    assert await wait_finished(stack, 10) == {"succeeded": 10}
+    dead = [decode(m, Dead) for m in await wait_for(
+        lambda: _dead_count(nc, 10), 30, what="10 dead letters")]
+    assert Counter(d.reason for d in dead) == {"invalid_message": 10}
+    assert all(d.stage == "submit" and d.error and d.error.message for d in dead)
+    assert {d.batch_id for d in dead} >= {None, "ok", "noobj"}
+    await nc.close()
+
+
+async def _dead_count(nc: object, n: int) -> list[bytes] | None:
+    msgs = await stream_messages(nc, subjects.DEAD)  # type: ignore[arg-type]
+    return msgs if len(msgs) >= n else None
