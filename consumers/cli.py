@@ -53,6 +53,31 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--output-dimensionality", type=int)
     publish.add_argument("--source")
 
+    status = sub.add_parser("status", help="batches, parked, dead, consumer lag, key health")
+    status.add_argument("--json", action="store_true")
+
+    batches = sub.add_parser("batches", help="list or show batches")
+    bsub = batches.add_subparsers(dest="action", required=True)
+    blist = bsub.add_parser("list")
+    blist.add_argument("--status")
+    blist.add_argument("--limit", type=int, default=50)
+    blist.add_argument("--json", action="store_true")
+    bshow = bsub.add_parser("show")
+    bshow.add_argument("batch_id")
+    bshow.add_argument("--json", action="store_true")
+
+    parked = sub.add_parser("parked", help="messages parked on batch.auth_failed")
+    psub = parked.add_subparsers(dest="action", required=True)
+    psub.add_parser("list").add_argument("--json", action="store_true")
+    preplay = psub.add_parser("replay", help="replay parked messages now")
+    preplay.add_argument("--batch")
+
+    dead = sub.add_parser("dead", help="dead letters on batch.dead")
+    dsub = dead.add_subparsers(dest="action", required=True)
+    dsub.add_parser("list").add_argument("--json", action="store_true")
+    dreplay = dsub.add_parser("replay", help="publish a dead letter's batch as a new attempt")
+    dreplay.add_argument("seq", type=int, metavar="ID", help="the dead letter's BATCH sequence")
+
     emulator = sub.add_parser("emulator", help="the Gemini API emulator alone")
     emulator.add_argument("args", nargs=argparse.REMAINDER)
 
@@ -152,7 +177,45 @@ async def _publish(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _ops(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers import ops
+    from consumers.app import App
+
+    app = await App.open(settings, name="batchyard-cli")
+    try:
+        as_json = getattr(args, "json", False)
+        if args.command == "status":
+            data = await ops.status(app)
+            if as_json:
+                ops.emit(data, True, "status")
+            else:
+                ops.print_status(data)
+        elif args.command == "batches" and args.action == "list":
+            ops.emit(await ops.batches(app, args.status, args.limit), as_json, "batches")
+        elif args.command == "batches":
+            row = await ops.batch(app, args.batch_id)
+            if row is None:
+                print(f"batchyard: no batch {args.batch_id!r}", file=sys.stderr)
+                return 1
+            ops.emit(row, as_json, f"batch {args.batch_id}")
+        elif args.command == "parked" and args.action == "list":
+            ops.emit(await ops.parked(app), as_json, "parked on batch.auth_failed")
+        elif args.command == "parked":
+            print(f"replayed {await ops.replay_parked(app, args.batch)} parked messages")
+        elif args.command == "dead" and args.action == "list":
+            ops.emit(await ops.dead(app), as_json, "dead letters")
+        else:
+            print(await ops.replay_dead(app, args.seq))
+    finally:
+        await app.close()
+    return 0
+
+
 _HANDLERS: dict[str, Handler] = {
+    "status": _ops,
+    "batches": _ops,
+    "parked": _ops,
+    "dead": _ops,
     "run": _run,
     "publish": _publish,
     "streams": _streams,

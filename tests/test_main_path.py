@@ -27,7 +27,7 @@ def _job_names(state: dict) -> list[str]:
 
 
 async def test_200_batches_each_item_embedded_once(stack: Stack) -> None:
-    """200 batches of 1–500 items: every item stored once, right dims, one job per attempt."""
+    """200 batches of 1 to 500 items: every item stored once, right dims, one job per attempt."""
     await _pods(stack)
     rng = random.Random(7)
     sizes = {f"b{n:03d}": rng.randint(1, 500) for n in range(200)}

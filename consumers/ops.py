@@ -1,0 +1,164 @@
+"""Operator commands: status, batches, parked and dead letters (rich tables or --json)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import msgspec
+from nats.js.errors import NotFoundError
+from rich.console import Console
+from rich.table import Table
+
+from consumers import recovery
+from consumers.app import App
+from events import jetstream as defs
+from events import subjects
+from events.payloads import AuthFailed, Dead, InvalidMessage, SubmitRequest, decode, encode
+from events.publisher import publish
+
+console = Console()
+
+
+def emit(data: Any, as_json: bool, title: str, columns: Sequence[str] | None = None) -> None:
+    """Print `data` (a dict or a list of dicts) as JSON or as a table."""
+    if as_json:
+        print(json.dumps(data, default=str, indent=2))
+        return
+    rows = data if isinstance(data, list) else [data]
+    cols = list(columns or (rows[0].keys() if rows else []))
+    table = Table(title=title)
+    for c in cols:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in cols))
+    console.print(table)
+
+
+async def status(app: App) -> dict[str, Any]:
+    """Batches by status, parked and dead counts, consumer lag, key health."""
+    rows = await app.store.pool.fetch(
+        "SELECT status, count(*) AS n FROM batchyard.batches GROUP BY status ORDER BY status")
+    parked = await app.js.stream_info(defs.BATCH_PARKED)
+    dead = await app.js.stream_info(defs.BATCH, subjects_filter=subjects.DEAD)
+    consumers = []
+    for c in defs.CONSUMERS:
+        try:
+            info = await app.js.consumer_info(c.stream, c.name)
+        except NotFoundError:
+            consumers.append({"consumer": c.name, "stream": c.stream, "missing": True})
+            continue
+        consumers.append({"consumer": c.name, "stream": c.stream, "pending": info.num_pending,
+                          "ack_pending": info.num_ack_pending,
+                          "redelivered": info.num_redelivered})
+    health, _ = await app.guard.read()
+    return {
+        "batches": {r["status"]: r["n"] for r in rows},
+        "parked": parked.state.messages,
+        "dead": (dead.state.subjects or {}).get(subjects.DEAD, 0),
+        "consumers": consumers,
+        "key": msgspec.to_builtins(health) if health else {"state": "unknown"},
+    }
+
+
+def print_status(data: dict[str, Any]) -> None:
+    emit([{"status": k, "batches": v} for k, v in data["batches"].items()] or
+         [{"status": "(none)", "batches": 0}], False, "batches")
+    console.print(f"parked: {data['parked']}   dead letters: {data['dead']}")
+    emit(data["consumers"], False, "consumers",
+         ["consumer", "stream", "pending", "ack_pending", "redelivered"])
+    emit(data["key"], False, "key health", ["fingerprint", "state", "reason", "checked_at"])
+
+
+async def batches(app: App, state: str | None, limit: int) -> list[dict[str, Any]]:
+    sql = ("SELECT batch_id, status, model, attempt, items_total, items_embedded, items_failed,"
+           " job_name, updated_at FROM batchyard.batches")
+    args: list[Any] = []
+    if state:
+        sql += " WHERE status = $1"
+        args.append(state)
+    sql += f" ORDER BY updated_at DESC LIMIT {int(limit)}"
+    return [dict(r) for r in await app.store.pool.fetch(sql, *args)]
+
+
+async def batch(app: App, batch_id: str) -> dict[str, Any] | None:
+    row = await app.store.get(batch_id)
+    if row is None:
+        return None
+    out = dict(row)
+    out["embeddings_stored"] = await app.store.pool.fetchval(
+        "SELECT count(*) FROM batchyard.embeddings WHERE batch_id = $1", batch_id)
+    return out
+
+
+async def _stream(app: App, stream: str, subject: str | None = None,
+                  ) -> AsyncIterator[tuple[int, bytes]]:
+    info = await app.js.stream_info(stream)
+    seq = info.state.first_seq
+    while seq and seq <= info.state.last_seq:
+        try:
+            raw = await app.js.get_msg(stream, seq, subject=subject, next=subject is not None)
+        except NotFoundError:
+            if subject is not None:
+                return
+            seq += 1
+            continue
+        yield int(raw.seq or seq), raw.data or b""
+        seq = int(raw.seq or seq) + 1
+
+
+async def parked(app: App) -> list[dict[str, Any]]:
+    out = []
+    async for seq, data in _stream(app, defs.BATCH_PARKED):
+        try:
+            p = decode(data, AuthFailed)
+        except InvalidMessage as exc:
+            out.append({"seq": seq, "error": exc.reason})
+            continue
+        out.append({"seq": seq, "batch_id": p.batch_id, "stage": p.stage,
+                    "key_fingerprint": p.key_fingerprint,
+                    "error": f"{p.error.code} {p.error.status}: {p.error.message}",
+                    "failed_at": p.failed_at})
+    return out
+
+
+async def dead(app: App) -> list[dict[str, Any]]:
+    out = []
+    async for seq, data in _stream(app, defs.BATCH, subjects.DEAD):
+        try:
+            d = decode(data, Dead)
+        except InvalidMessage as exc:
+            out.append({"seq": seq, "reason": "unreadable", "error": exc.reason})
+            continue
+        out.append({"seq": seq, "batch_id": d.batch_id, "stage": d.stage, "reason": d.reason,
+                    "error": d.error.message if d.error else None,
+                    "items": len(d.items) if d.items else None, "dead_at": d.dead_at})
+    return out
+
+
+async def replay_parked(app: App, batch_id: str | None) -> int:
+    return await recovery.replay_by_hand(app, batch_id)
+
+
+async def replay_dead(app: App, seq: int) -> str:
+    """Publish a dead letter's batch again as the batch's next attempt."""
+    try:
+        raw = await app.js.get_msg(defs.BATCH, seq)
+    except NotFoundError:
+        return f"no message {seq} in {defs.BATCH}"
+    if raw.subject != subjects.DEAD:
+        return f"message {seq} is on {raw.subject}, not {subjects.DEAD}"
+    d = decode(raw.data or b"", Dead)
+    try:
+        req = msgspec.convert(d.payload, SubmitRequest)
+    except (msgspec.ValidationError, TypeError, ValueError):
+        return (f"dead letter {seq} ({d.reason}) holds no batch.submit that can be replayed: "
+                f"{d.error.message if d.error else ''}; fix the input and publish it anew")
+    row = await app.store.get(req.batch_id)
+    attempt = max(req.attempt, int(row["attempt"]) + 1 if row else 0)
+    again = msgspec.structs.replace(req, attempt=attempt)
+    ack = await publish(app.js, subjects.SUBMIT, encode(again),
+                        subjects.submit_id(req.batch_id, attempt))
+    what = "already replayed" if ack.duplicate else "replayed"
+    return f"{what}: batch {req.batch_id} as attempt {attempt} ({len(req.items or [])} items)"
