@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import structlog
 
-from consumers import logs
+from consumers import http, logs
 from consumers._runtime import Role, Runtime
 from consumers.app import App
 from consumers.key_health import KeyHealthRole
@@ -44,9 +44,12 @@ async def run_roles(settings: Settings, names: list[str]) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runtime.stop.set)
-    log.info("pod.started", roles=names, key_fingerprint=app.keys.fingerprint)
     try:
-        async with asyncio.TaskGroup() as tg:
+        async with http.serve(app, settings.http_port,
+                              lambda: runtime.bound == set(names)) as port, \
+                asyncio.TaskGroup() as tg:
+            log.info("pod.started", roles=names, key_fingerprint=app.keys.fingerprint,
+                     http_port=port)
             background = [tg.create_task(app.guard.watch(), name="keyguard")]
             for role in roles:
                 if (extra := getattr(role, "background", None)) is not None:
