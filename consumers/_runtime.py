@@ -61,6 +61,9 @@ def term(label: str = "") -> Outcome:
     return Outcome(Action.TERM, 0.0, label)
 
 
+_HANDBACK = Outcome(Action.NAK, 0.0, "shutdown")
+
+
 def backoff(deliveries: int, server_delay: float | None = None) -> float:
     """1 2 4 8 16 30 60 s by delivery, with jitter; a server's RetryInfo delay wins."""
     if server_delay is not None:
@@ -118,7 +121,8 @@ class _Loop:
         self.rt = runtime
         self.role = role
         self.queue: asyncio.Queue[Msg] = asyncio.Queue()
-        self.inflight: dict[Msg, float] = {}
+        # keyed by id(): nats-py's Msg is an unhashable dataclass
+        self.inflight: dict[int, tuple[Msg, float]] = {}
         self.freed = asyncio.Event()
         max_deliver = role.consumer.config.max_deliver or -1
         self.max_deliver = max_deliver if max_deliver > 0 else 0
@@ -176,7 +180,7 @@ class _Loop:
                 continue
             now = time.monotonic()
             for msg in msgs:
-                self.inflight[msg] = now
+                self.inflight[id(msg)] = (msg, now)
                 self.queue.put_nowait(msg)
 
     async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
@@ -190,8 +194,8 @@ class _Loop:
         await asyncio.gather(*workers, return_exceptions=True)
         if self.inflight:
             log.warning("drain.naked", role=self.role.name, messages=len(self.inflight))
-            for msg in list(self.inflight):
-                await _settle(msg, nak(0))
+            for msg, _ in list(self.inflight.values()):
+                await _settle(msg, _HANDBACK)
             self.inflight.clear()
 
     async def _work(self) -> None:
@@ -200,11 +204,11 @@ class _Loop:
             try:
                 outcome = await self._outcome(msg)
             except asyncio.CancelledError:
-                await asyncio.shield(_settle(msg, nak(0)))
-                self.inflight.pop(msg, None)
+                await asyncio.shield(_settle(msg, _HANDBACK))
+                self.inflight.pop(id(msg), None)
                 raise
             await _settle(msg, outcome)
-            self.inflight.pop(msg, None)
+            self.inflight.pop(id(msg), None)
             self.freed.set()
             metrics.MESSAGES.labels(self.role.name, outcome.name).inc()
 
@@ -251,7 +255,7 @@ class _Loop:
         while True:
             await asyncio.sleep(every)
             cutoff = time.monotonic() - every
-            for msg, started in list(self.inflight.items()):
+            for msg, started in list(self.inflight.values()):
                 if started <= cutoff:
                     with contextlib.suppress(Exception):  # reconnecting: next beat retries
                         await msg.in_progress()
