@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from nats.aio.msg import Msg
@@ -199,6 +199,10 @@ class _Loop:
             self.inflight.clear()
 
     async def _work(self) -> None:
+        # Each worker is its own task, so this binds the context of its messages once.
+        structlog.contextvars.bind_contextvars(
+            stage=self.role.name, subject=self.role.consumer.config.filter_subject)
+        counters: dict[str, Any] = {}
         while True:
             msg = await self.queue.get()
             try:
@@ -210,27 +214,30 @@ class _Loop:
             await _settle(msg, outcome)
             self.inflight.pop(id(msg), None)
             self.freed.set()
-            metrics.MESSAGES.labels(self.role.name, outcome.name).inc()
+            counter = counters.get(outcome.name)
+            if counter is None:
+                counter = counters[outcome.name] = metrics.MESSAGES.labels(
+                    self.role.name, outcome.name)
+            counter.inc()
 
     async def _outcome(self, msg: Msg) -> Outcome:
         """Run the handler; map whatever it raises to exactly one outcome."""
         role = self.role
-        with structlog.contextvars.bound_contextvars(stage=role.name, subject=msg.subject):
-            try:
-                return await role.handle(msg)
-            except InvalidMessage as exc:
-                return await self._guard(msg, role.reject(msg, exc))
-            except AuthError as exc:
-                return await self._guard(msg, role.park(msg, exc))
-            except PermanentError as exc:
-                return await self._guard(msg, role.reject(msg, exc))
-            except RetryableError as exc:
-                return await self._retry(msg, exc)
-            except PublishError as exc:
-                return await self._retry(msg, RetryableError(str(exc)))
-            except Exception as exc:
-                log.exception("handler.crashed", error=repr(exc))
-                return await self._retry(msg, RetryableError(repr(exc)))
+        try:
+            return await role.handle(msg)
+        except InvalidMessage as exc:
+            return await self._guard(msg, role.reject(msg, exc))
+        except AuthError as exc:
+            return await self._guard(msg, role.park(msg, exc))
+        except PermanentError as exc:
+            return await self._guard(msg, role.reject(msg, exc))
+        except RetryableError as exc:
+            return await self._retry(msg, exc)
+        except PublishError as exc:
+            return await self._retry(msg, RetryableError(str(exc)))
+        except Exception as exc:
+            log.exception("handler.crashed", error=repr(exc))
+            return await self._retry(msg, RetryableError(repr(exc)))
 
     async def _retry(self, msg: Msg, exc: RetryableError) -> Outcome:
         delivered = msg.metadata.num_delivered

@@ -1,0 +1,108 @@
+"""Runtime overhead: a no-op role through batchyard's runtime vs raw fetch(100) + ack()."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import nats
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from consumers import provision
+from consumers._runtime import ACK, Outcome, Runtime
+from consumers.errors import RetryableError
+from events import jetstream as defs
+from events import subjects
+from sandbox.natsd import nats_server
+
+N = 20_000
+BODY = b'{"batch_id":"b","items":[{"id":"a","text":"t"}]}'
+
+
+async def _fill(js: JetStreamContext, n: int) -> None:
+    await js.purge_stream(defs.BATCH)
+    pending = []
+    for _ in range(n):
+        pending.append(await js.publish_async(subjects.SUBMIT, BODY))
+    await js.publish_async_completed()
+
+
+async def _reset(js: JetStreamContext) -> None:
+    await js.delete_consumer(defs.BATCH, defs.SUBMIT.name)
+    await js.add_consumer(defs.BATCH, defs.SUBMIT.config)
+
+
+async def raw(js: JetStreamContext, n: int) -> float:
+    sub = await js.pull_subscribe_bind(durable=defs.SUBMIT.name, stream=defs.BATCH)
+    done = 0
+    start = time.perf_counter()
+    while done < n:
+        for msg in await sub.fetch(100, timeout=5):
+            await msg.ack()
+            done += 1
+    elapsed = time.perf_counter() - start
+    await sub.unsubscribe()
+    return n / elapsed
+
+
+class Noop:
+    name = "submit"
+    consumer = defs.SUBMIT
+
+    def __init__(self, n: int, stop: asyncio.Event):
+        self.left = n
+        self.stop = stop
+
+    async def ready(self) -> None:
+        return None
+
+    def retry_delay(self, msg: Msg, error: RetryableError) -> float:
+        return 1.0
+
+    async def handle(self, msg: Msg) -> Outcome:
+        self.left -= 1
+        if self.left == 0:
+            self.stop.set()
+        return ACK
+
+    async def reject(self, msg: Msg, error: Any) -> Outcome:
+        raise AssertionError("no rejects in this benchmark")
+
+    async def park(self, msg: Msg, error: Any) -> Outcome:
+        raise AssertionError("no parks in this benchmark")
+
+
+async def runtime(js: JetStreamContext, n: int, concurrency: int) -> float:
+    rt = Runtime(js, [], concurrency=concurrency, drain_timeout=5)
+    role = Noop(n, rt.stop)
+    rt.roles = [role]
+    start = time.perf_counter()
+    await rt.run()
+    return n / (time.perf_counter() - start)
+
+
+async def main(rounds: int = 3) -> dict[str, Any]:
+    async with nats_server() as server:
+        nc = await nats.connect(server.url, pending_size=64 * 1024 * 1024)
+        js = nc.jetstream()
+        await provision.apply(js)
+        results: dict[str, list[float]] = {"raw_fetch100_ack": [], "runtime_c100": []}
+        for _ in range(rounds):
+            await _fill(js, N)
+            results["raw_fetch100_ack"].append(await raw(js, N))
+            await _reset(js)
+            await _fill(js, N)
+            results["runtime_c100"].append(await runtime(js, N, 100))
+            await _reset(js)
+        await nc.close()
+    best = {k: max(v) for k, v in results.items()}
+    return {"messages": N, "msg_per_s": {k: round(v) for k, v in best.items()},
+            "ratio_runtime_to_raw": round(best["runtime_c100"] / best["raw_fetch100_ack"], 3)}
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(asyncio.run(main()), indent=2))
