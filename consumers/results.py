@@ -6,10 +6,8 @@ rows are held at once.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-
 import msgspec
+import numpy as np
 import structlog
 
 from consumers.app import App
@@ -47,15 +45,15 @@ _line = msgspec.json.Decoder(_Line)
 _any = msgspec.json.Decoder()
 
 
-def check_vector(values: Sequence[float], dims: int | None) -> str | None:
-    """Why `values` cannot be stored, or None when it is a usable embedding."""
-    if dims is not None and len(values) != dims:
-        return f"expected {dims} values, got {len(values)}"
-    if not values:
+def check_vector(vector: np.ndarray, dims: int | None) -> str | None:
+    """Why `vector` cannot be stored, or None when it is a usable embedding."""
+    if dims is not None and vector.size != dims:
+        return f"expected {dims} values, got {vector.size}"
+    if not vector.size:
         return "empty embedding"
-    if not all(map(math.isfinite, values)):
+    if not np.isfinite(vector).all():
         return "embedding has non-finite values"
-    if not any(values):
+    if not vector.any():
         return "embedding has zero norm"
     return None
 
@@ -71,7 +69,7 @@ class Ingest:
         self.dims = inp.dims
         self.order = [item.id for item in inp.items]
         self.wanted = set(self.order)
-        self.rows: list[tuple[str, str, str, int, list[float]]] = []
+        self.rows: list[tuple[str, np.ndarray]] = []
         self.embedded: set[str] = set()
         self.failures: dict[str, ErrorDetail] = {}
         self.unexpected = 0
@@ -86,18 +84,20 @@ class Ingest:
             self.unexpected += 1
             return
         if values is not None and error is None:
-            why = check_vector(values, self.dims)
+            with np.errstate(over="ignore"):  # out-of-range values become inf: rejected
+                vector = np.asarray(values, dtype=np.float32)
+            why = check_vector(vector, self.dims)
             if why is None:
                 self.failures.pop(key, None)
                 self.embedded.add(key)
-                self.rows.append((key, self.model, self.batch_id, len(values), values))
+                self.rows.append((key, vector))
                 return
             error = ErrorDetail(status="INVALID_EMBEDDING", message=why)
         self.failures[key] = error or ErrorDetail(message="no embedding in the result")
 
     async def flush(self) -> None:
         rows, self.rows = self.rows, []
-        await self.app.store.write_embeddings(rows)
+        await self.app.store.write_embeddings(self.model, self.batch_id, rows)
 
     async def feed(self, chunk: bytes) -> None:
         """Take the next chunk of a results file."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
+import numpy as np
 
 from consumers.errors import RetryableError
+from consumers.pgcopy import COLUMNS, encode_rows
 
 FINISHED = frozenset({"succeeded", "partial", "failed", "dead", "cancelled"})
 
@@ -96,16 +99,31 @@ class Store:
             result = await self.pool.execute(sql, *args)
         return bool(result != "UPDATE 0")
 
-    async def write_embeddings(self, rows: Sequence[tuple[str, str, str, int, Any]]) -> None:
-        """Upsert (item_id, model, batch_id, dims, values) rows at COPY speed."""
+    async def write_embeddings(self, model: str, batch_id: str,
+                               rows: Sequence[tuple[str, np.ndarray]]) -> None:
+        """Upsert embeddings by (item_id, model) at COPY speed.
+
+        New items, the usual case, are copied straight into the table; if any is already
+        there, the transaction rolls back and the rows go through a temporary table
+        and INSERT … ON CONFLICT DO UPDATE instead.
+        """
         if not rows:
             return
-        async with db_errors(), self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS embeddings_in "
-                "(item_id text, model text, batch_id text, dims integer, embedding real[]) "
-                "ON COMMIT DELETE ROWS")
-            await conn.copy_records_to_table(
-                "embeddings_in", records=rows,
-                columns=["item_id", "model", "batch_id", "dims", "embedding"])
-            await conn.execute(_WRITE_EMBEDDINGS)
+        data = encode_rows(model, batch_id, rows)
+        async with db_errors(), self.pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    await conn.copy_to_table("embeddings", schema_name="batchyard",
+                                             source=io.BytesIO(data), columns=COLUMNS,
+                                             format="binary")
+                return
+            except asyncpg.UniqueViolationError:
+                pass
+            async with conn.transaction():
+                await conn.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS embeddings_in "
+                    "(item_id text, model text, batch_id text, dims integer, embedding real[]) "
+                    "ON COMMIT DELETE ROWS")
+                await conn.copy_to_table("embeddings_in", source=io.BytesIO(data),
+                                         columns=COLUMNS, format="binary")
+                await conn.execute(_WRITE_EMBEDDINGS)

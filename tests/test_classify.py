@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import aiohttp
+import numpy as np
 import pytest
 from google.genai import errors
 
@@ -87,4 +88,4 @@ def test_backoff_follows_the_contract_and_server_wins() -> None:
 ])
 def test_check_vector(values: list[float], dims: int | None, ok: bool) -> None:
     """Only finite, non-zero vectors of the requested length are stored."""
-    assert (check_vector(values, dims) is None) is ok
+    assert (check_vector(np.asarray(values, dtype=np.float32), dims) is None) is ok

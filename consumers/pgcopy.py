@@ -1,0 +1,46 @@
+"""Embedding rows in PostgreSQL's binary COPY format, built with numpy.
+
+asyncpg's own encoder turns every Python float into a binary `real` one at a time;
+here a whole vector becomes its `real[]` bytes in one numpy operation.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import numpy as np
+
+HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+TRAILER = struct.pack(">h", -1)
+_FLOAT4_OID = 700
+_ELEMENT = np.dtype([("len", ">i4"), ("value", ">f4")])
+_ROW = struct.Struct(">h")
+_FIELD = struct.Struct(">i")
+_ARRAY = struct.Struct(">iiiiii")  # field length, ndim, has-nulls, oid, dim, lower bound
+COLUMNS = ("item_id", "model", "batch_id", "dims", "embedding")
+
+
+def _text(value: str) -> bytes:
+    data = value.encode()
+    return _FIELD.pack(len(data)) + data
+
+
+def encode_rows(model: str, batch_id: str, rows: Sequence[tuple[str, np.ndarray]]) -> bytes:
+    """One COPY … (FORMAT binary) stream of (item_id, model, batch_id, dims, embedding)."""
+    model_b, batch_b = _text(model), _text(batch_id)
+    parts = [HEADER]
+    for item_id, vector in rows:
+        n = int(vector.size)
+        elements = np.empty(n, dtype=_ELEMENT)
+        elements["len"] = 4
+        elements["value"] = vector
+        parts.append(_ROW.pack(len(COLUMNS)))
+        parts.append(_text(item_id))
+        parts.append(model_b)
+        parts.append(batch_b)
+        parts.append(_FIELD.pack(4) + _FIELD.pack(n))
+        parts.append(_ARRAY.pack(20 + 8 * n, 1, 0, _FLOAT4_OID, n, 1))
+        parts.append(elements.tobytes())
+    parts.append(TRAILER)
+    return b"".join(parts)
