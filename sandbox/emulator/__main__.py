@@ -1,0 +1,5 @@
+"""`python -m sandbox.emulator`."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,175 @@
+"""Batch jobs: their timeline on the emulator clock, their results, their Operation JSON."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import embed
+from .catalogue import Model
+from .inputs import Item
+from .wire import timestamp
+
+PENDING = "BATCH_STATE_PENDING"
+RUNNING = "BATCH_STATE_RUNNING"
+SUCCEEDED = "BATCH_STATE_SUCCEEDED"
+FAILED = "BATCH_STATE_FAILED"
+CANCELLED = "BATCH_STATE_CANCELLED"
+EXPIRED = "BATCH_STATE_EXPIRED"
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, EXPIRED})
+
+_END_STATE = {"succeeded": SUCCEEDED, "failed": FAILED, "cancelled": CANCELLED,
+              "expired": EXPIRED}
+# google.rpc.Status of an operation that did not succeed (gRPC codes, as LROs carry).
+_OPERATION_ERRORS = {
+    FAILED: {"code": 13, "message": "Batch failed due to an internal error."},
+    CANCELLED: {"code": 1, "message": "Batch was cancelled."},
+    EXPIRED: {"code": 4, "message": "Batch expired before it could be processed."},
+}
+_BATCH_TYPE = "type.googleapis.com/google.ai.generativelanguage.v1main.EmbedContentBatch"
+_OUTPUT_TYPE = "type.googleapis.com/google.ai.generativelanguage.v1main.EmbedContentBatchOutput"
+ITEM_FAULT = {"code": 500, "message": "Internal error encountered.", "status": "INTERNAL"}
+
+
+@dataclass(kw_only=True)
+class Job:
+    """One embeddings batch; its fate (outcome, timings, RNG seed) is fixed at creation."""
+
+    id: str
+    seq: int
+    model: Model
+    display_name: str | None
+    key: str
+    items: list[Item]
+    input_config: dict[str, Any]
+    input_file: str | None
+    created: float
+    pending_s: float
+    running_s: float
+    outcome: str
+    seed: int
+    item_error_rate: float
+    bad_vector: str | None
+    bad_vector_rate: float
+    est_tokens: int
+    final_state: str | None = None
+    ended: float | None = None
+    output_file: str | None = None
+    inline_output: list[dict[str, Any]] | None = None
+    failed_items: int = 0
+    has_nan: bool = False
+
+    @property
+    def name(self) -> str:
+        """`batches/<id>`."""
+        return f"batches/{self.id}"
+
+    def due(self) -> float | None:
+        """When the job reaches its terminal state by itself; None if never."""
+        if self.final_state is not None or self.outcome == "never":
+            return None
+        return self.created + self.pending_s + self.running_s
+
+    def state_at(self, now: float) -> str:
+        """The BATCH_STATE_* at emulator time `now`."""
+        if self.final_state is not None:
+            return self.final_state
+        due = self.due()
+        if due is not None and now >= due:
+            return _END_STATE[self.outcome]
+        if now < self.created + self.pending_s or self.outcome == "expired":
+            return PENDING
+        return RUNNING
+
+    def end(self, state: str, at: float) -> None:
+        """Make the job terminal in `state` at time `at`."""
+        self.final_state = state
+        self.ended = at
+
+    def _updated(self, now: float) -> float:
+        if self.ended is not None:
+            return self.ended
+        if self.state_at(now) == RUNNING:
+            return self.created + self.pending_s
+        return self.created
+
+    def operation(self, now: float, wall: Callable[[float], float]) -> dict[str, Any]:
+        """The google.longrunning Operation the API answers for this job."""
+        state = self.state_at(now)
+        count = len(self.items)
+        stats = {"requestCount": str(count)}
+        if state == SUCCEEDED:
+            stats["successfulRequestCount"] = str(count - self.failed_items)
+            stats["failedRequestCount"] = str(self.failed_items)
+        elif state not in TERMINAL:
+            stats["pendingRequestCount"] = str(count)
+        metadata: dict[str, Any] = {"@type": _BATCH_TYPE, "name": self.name,
+                                    "model": self.model.name}
+        if self.display_name is not None:
+            metadata["displayName"] = self.display_name
+        metadata |= {
+            "inputConfig": self.input_config,
+            "createTime": timestamp(wall(self.created)),
+            "updateTime": timestamp(wall(self._updated(now))),
+            "batchStats": stats,
+            "state": state,
+        }
+        if self.ended is not None:
+            metadata["endTime"] = timestamp(wall(self.ended))
+        operation: dict[str, Any] = {"name": self.name, "metadata": metadata}
+        if state == SUCCEEDED:
+            output = self._output()
+            metadata["output"] = output
+            operation |= {"done": True, "response": {"@type": _OUTPUT_TYPE, **output}}
+        elif state in TERMINAL:
+            operation |= {"done": True, "error": _OPERATION_ERRORS[state]}
+        return operation
+
+    def _output(self) -> dict[str, Any]:
+        if self.output_file is not None:
+            return {"responsesFile": self.output_file}
+        return {"inlinedResponses": {"inlinedResponses": self.inline_output or []}}
+
+
+def run(job: Job) -> list[dict[str, Any]]:
+    """Each item's result, in input order: `{"response": ...}` or `{"error": ...}`."""
+    rng = random.Random(job.seed)
+
+    def chance(rate: float) -> bool:
+        return rate >= 1.0 or (rate > 0.0 and rng.random() < rate)
+
+    results: list[dict[str, Any]] = []
+    for item in job.items:
+        if item.problem is not None:
+            results.append({"error": {"code": 400, "message": item.problem,
+                                      "status": "INVALID_ARGUMENT"}})
+        elif chance(job.item_error_rate):
+            results.append({"error": dict(ITEM_FAULT)})
+        else:
+            values = embed.vector(job.model.id, item.text, item.dims)
+            if job.bad_vector is not None and chance(job.bad_vector_rate):
+                values = embed.corrupt(values, job.bad_vector)
+            results.append({"response": {"embedding": {"values": values}}})
+    return results
+
+
+def file_lines(job: Job, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Output file lines: each result with its request's key first."""
+    lines = []
+    for item, result in zip(job.items, results, strict=True):
+        lines.append(result if item.key is None else {"key": item.key, **result})
+    return lines
+
+
+def inline_items(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Inline responses: errors carry code and message only (the SDK types them so)."""
+    items = []
+    for result in results:
+        error = result.get("error")
+        if error is None:
+            items.append(result)
+        else:
+            items.append({"error": {"code": error["code"], "message": error["message"]}})
+    return items
