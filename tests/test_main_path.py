@@ -121,20 +121,26 @@ async def test_server_errors_and_429_bursts_still_succeed(stack: Stack) -> None:
 async def test_failed_job_is_resubmitted_then_succeeds(stack: Stack) -> None:
     """A job that ends FAILED is re-submitted as attempt 1, which succeeds."""
     await stack.emulator.set_faults(job_outcome="failed")
-    await _pods(stack)
+    submitter = await stack.pod("submit")
     nc = await stack.nc()
     await submit(nc, batch("phoenix", 50))
-    db = await stack.db()
-    await wait_for(lambda: db.fetchval(
-        "SELECT attempt FROM batchyard.batches WHERE batch_id = 'phoenix' AND attempt = 1"),
-        60, what="attempt 1")
-    await stack.emulator.set_faults()
+    await wait_for(lambda: _jobs(stack, 1), 30, what="job of attempt 0")
+    assert await submitter.terminate() == 0
+    await stack.emulator.set_faults()  # attempt 1's job is created after this
+    await stack.pod("poll")
+    await stack.pod("submit")
     assert await wait_finished(stack, 1) == {"succeeded": 1}
-    names = sorted(_job_names(await stack.emulator.state()))
-    assert names == ["phoenix:0", "phoenix:1"]
+    jobs = sorted((j["display_name"], j["state"]) for j in (await stack.emulator.state())["jobs"])
+    assert jobs == [("phoenix:0", "BATCH_STATE_FAILED"), ("phoenix:1", "BATCH_STATE_SUCCEEDED")]
+    db = await stack.db()
     assert await db.fetchval("SELECT count(*) FROM batchyard.embeddings") == 50
+    assert await db.fetchval("SELECT attempt FROM batchyard.batches") == 1
     await db.close()
     await nc.close()
+
+
+async def _jobs(stack: Stack, n: int) -> bool:
+    return len((await stack.emulator.state())["jobs"]) >= n
 
 
 async def test_per_item_errors_retry_only_those_then_dead_letter(stack: Stack) -> None:
