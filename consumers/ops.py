@@ -155,8 +155,13 @@ async def replay_dead(app: App, seq: int) -> str:
     except (msgspec.ValidationError, TypeError, ValueError):
         return (f"dead letter {seq} ({d.reason}) holds no batch.submit that can be replayed: "
                 f"{d.error.message if d.error else ''}; fix the input and publish it anew")
+    # Item letters already carry the next attempt; a whole-message letter is its attempt's.
+    items_letter = d.reason in ("item_attempts_exhausted", "job_failed")
+    attempt = req.attempt if items_letter else req.attempt + 1
     row = await app.store.get(req.batch_id)
-    attempt = max(req.attempt, int(row["attempt"]) + 1 if row else 0)
+    if row is not None and int(row["attempt"]) >= attempt:
+        return (f"already replayed: batch {req.batch_id} is at attempt {row['attempt']} "
+                f"({row['status']})")
     again = msgspec.structs.replace(req, attempt=attempt)
     ack = await publish(app.js, subjects.SUBMIT, encode(again),
                         subjects.submit_id(req.batch_id, attempt))
