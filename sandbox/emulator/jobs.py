@@ -76,12 +76,15 @@ class Job:
         """The BATCH_STATE_* at emulator time `now`."""
         if self.final_state is not None:
             return self.final_state
-        due = self.due()
-        if due is not None and now >= due:
-            return _END_STATE[self.outcome]
+        # A job turns terminal only in Project.tick(), which writes its output at the
+        # same moment: reading the clock twice must never show SUCCEEDED with no output.
         if now < self.created + self.pending_s or self.outcome == "expired":
             return PENDING
         return RUNNING
+
+    def end_state(self) -> str:
+        """The terminal state this job reaches by itself when it is due."""
+        return _END_STATE[self.outcome]
 
     def end(self, state: str, at: float) -> None:
         """Make the job terminal in `state` at time `at`."""

@@ -82,7 +82,7 @@ class EmulatorState:
                 self._finish(job, due)
 
     def _finish(self, job: jobs.Job, at: float) -> None:
-        state = job.state_at(at)
+        state = job.end_state()
         if state == jobs.SUCCEEDED:
             results = jobs.run(job)
             job.failed_items = sum(1 for result in results if "error" in result)
