@@ -65,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     bshow = bsub.add_parser("show")
     bshow.add_argument("batch_id")
     bshow.add_argument("--json", action="store_true")
+    for action, text in (("resubmit", "embed a finished batch again (new attempt)"),
+                         ("retry-failed", "a new attempt with only the failed or dead items"),
+                         ("cancel", "cancel its Gemini job and mark it cancelled")):
+        bsub.add_parser(action, help=text).add_argument("batch_id")
 
     parked = sub.add_parser("parked", help="messages parked on batch.auth_failed")
     psub = parked.add_subparsers(dest="action", required=True)
@@ -192,6 +196,12 @@ async def _ops(settings: Settings, args: argparse.Namespace) -> int:
                 ops.print_status(data)
         elif args.command == "batches" and args.action == "list":
             ops.emit(await ops.batches(app, args.status, args.limit), as_json, "batches")
+        elif args.command == "batches" and args.action != "show":
+            from consumers import redrive
+
+            act = {"resubmit": redrive.resubmit, "retry-failed": redrive.retry_failed,
+                   "cancel": redrive.cancel}[args.action]
+            print(await act(app, args.batch_id))
         elif args.command == "batches":
             row = await ops.batch(app, args.batch_id)
             if row is None:

@@ -17,7 +17,8 @@ log = structlog.get_logger("batchyard")
 
 async def finish_attempt(app: App, msg: Msg, inp: Input, attempt: int,
                          failures: dict[str, ErrorDetail], *, stage: str,
-                         job_name: str | None, whole_job_failed: bool = False) -> str:
+                         job_name: str | None, path: str, whole_job_failed: bool = False,
+                         ) -> str:
     """Settle one attempt of a batch; returns the batch's new status.
 
     Publishes happen before the row changes, each with a deterministic Nats-Msg-Id,
@@ -31,6 +32,11 @@ async def finish_attempt(app: App, msg: Msg, inp: Input, attempt: int,
     # has been embedded by this attempt or an earlier one.
     total = int(row["items_total"]) if row else len(inp.items)
     embedded = total - len(failed)
+    if len(failed) < len(inp.items):
+        await app.store.record_path(batch_id, path)
+    if whole_job_failed:
+        await app.store.update(batch_id, {"attempt": attempt},
+                               job_failures=(row["job_failures"] if row else 0) + 1)
     if failed and attempt + 1 < app.settings.max_item_attempts:
         nxt = await next_attempt(app, inp, failed, attempt + 1)
         await publish(app.js, subjects.SUBMIT, nxt, subjects.submit_id(batch_id, attempt + 1))

@@ -11,7 +11,7 @@ from nats.aio.msg import Msg
 
 from consumers import letters
 from consumers._runtime import ACK, Outcome, nak, term
-from consumers.app import App
+from consumers.app import App, utcnow
 from consumers.errors import AuthError, PermanentError, RetryableError
 from consumers.finish import finish_attempt
 from consumers.gemini import Job
@@ -52,7 +52,14 @@ class Poll:
             return ACK
         job = await app.gemini.get_job(req.job_name)
         if not job.done:
-            return nak(app.settings.poll_interval, "waiting")
+            waited = (utcnow() - row["submitted_at"]).total_seconds() if row["submitted_at"] \
+                else 0.0
+            if waited < app.settings.max_wait:
+                return nak(app.settings.poll_interval, "waiting")
+            # Stuck: cancel it and let the attempt fail whole, so its items go round again.
+            log.warning("job.stuck", waited_s=round(waited), state=job.state)
+            await app.gemini.cancel_job(job.name)
+            job = Job(name=job.name, display_name=job.display_name, state="cancelled")
         async with app.store.claim(req.batch_id) as claimed:
             if not claimed:
                 return nak(app.settings.poll_interval, "busy")
@@ -62,7 +69,7 @@ class Poll:
             inp = await load_input(app, int(row["input_seq"]))
             failures, whole = await self._results(job, inp)
             await finish_attempt(app, msg, inp, req.attempt, failures, stage="poll",
-                                 job_name=job.name, whole_job_failed=whole)
+                                 job_name=job.name, path="batch", whole_job_failed=whole)
         await self._forget_input(row["input_file"])
         return ACK
 

@@ -99,6 +99,14 @@ class Store:
             result = await self.pool.execute(sql, *args)
         return bool(result != "UPDATE 0")
 
+    async def record_path(self, batch_id: str, path: str) -> None:
+        """Note that `path` (batch or online) produced embeddings of this batch."""
+        async with db_errors():
+            await self.pool.execute(
+                "UPDATE batchyard.batches SET embed_path = CASE WHEN embed_path IS NULL "
+                "OR embed_path = $2 THEN $2 ELSE 'both' END WHERE batch_id = $1",
+                batch_id, path)
+
     async def write_embeddings(self, model: str, batch_id: str,
                                rows: Sequence[tuple[str, np.ndarray]]) -> None:
         """Upsert embeddings by (item_id, model) at COPY speed.

@@ -17,6 +17,7 @@ from consumers.errors import AuthError, PermanentError, RetryableError
 from consumers.finish import finish_attempt
 from consumers.gemini import Job
 from consumers.inputs import INLINE_MAX_BYTES, Input, load_items
+from consumers.online import embed_online
 from consumers.results import ingest_vectors
 from consumers.store import FINISHED
 from events import jetstream as defs
@@ -25,8 +26,8 @@ from events.payloads import ErrorDetail, InvalidMessage, PollRequest, SubmitRequ
 from events.publisher import publish
 
 log = structlog.get_logger("batchyard.submit")
-ONLINE_CHUNK = 100  # batchEmbedContents' per-call limit
 BUSY_DELAY = 5.0
+FALLBACK_AFTER = 2  # whole-job failures on the Batch API side before going online
 
 
 class Submit:
@@ -62,13 +63,28 @@ class Submit:
                 return skip or ACK
             inp = Input(req, items)
             crashed = row["status"] == "submitting" and row["attempt"] == req.attempt
+            seq = msg.metadata.sequence.stream
             await app.store.update(
-                batch_id, status="submitting", attempt=req.attempt,
-                input_seq=msg.metadata.sequence.stream, key_fingerprint=app.keys.fingerprint)
-            if len(items) <= app.settings.online_threshold:
+                batch_id, status="submitting", attempt=req.attempt, input_seq=seq,
+                key_fingerprint=app.keys.fingerprint,
+                origin_seq=seq if row["origin_seq"] is None else row["origin_seq"])
+            fallback = app.settings.fallback_to_online and row["job_failures"] >= FALLBACK_AFTER
+            if len(items) <= app.settings.online_threshold or fallback:
+                if fallback:
+                    log.info("batch.fallback_online", job_failures=row["job_failures"])
                 await self._online(msg, inp)
                 return ACK
-            job, input_file = await self._create(inp, adopt=crashed)
+            try:
+                job, input_file = await self._create(inp, adopt=crashed)
+            except PermanentError as exc:
+                if not app.settings.fallback_to_online:
+                    raise
+                # The Batch API refuses this batch (e.g. no batch endpoint for the model):
+                # retrying cannot help, the online path can.
+                log.warning("batch.fallback_online", error=exc.message)
+                await app.store.update(batch_id, job_failures=row["job_failures"] + 1)
+                await self._online(msg, inp)
+                return ACK
             failpoints.hit("submit.after_create")
             await app.store.update(
                 batch_id, {"attempt": req.attempt, "status": "submitting"}, status="submitted",
@@ -112,17 +128,11 @@ class Submit:
         return job, file_name
 
     async def _online(self, msg: Msg, inp: Input) -> None:
-        vectors: list[list[float] | None] = []
-        texts = [i.text for i in inp.items]
-        for start in range(0, len(texts), ONLINE_CHUNK):
-            chunk = texts[start:start + ONLINE_CHUNK]
-            got = await self.app.gemini.embed(inp.model, chunk, inp.embed_config())
-            vectors.extend(got + [None] * (len(chunk) - len(got)))
-        ingest = await ingest_vectors(self.app, inp, vectors)
+        ingest = await ingest_vectors(self.app, inp, await embed_online(self.app, inp))
         await self.app.store.update(inp.request.batch_id, {"attempt": inp.request.attempt},
                                     status="submitted", submitted_at=utcnow())
         await finish_attempt(self.app, msg, inp, inp.request.attempt, ingest.failures,
-                             stage="submit", job_name=None)
+                             stage="submit", job_name=None, path="online")
 
     async def _hand_to_poll(self, batch_id: str, attempt: int, job_name: str) -> None:
         poll = PollRequest(batch_id=batch_id, job_name=job_name, attempt=attempt)

@@ -90,3 +90,4 @@ def test_every_migration_has_up_and_down() -> None:
     names = sorted(p.name for p in (Path(__file__).parents[1] / "migrations").iterdir())
     assert names[:2] == ["000001_init.down.sql", "000001_init.up.sql"]
     assert len(names) == 2 * len(load())
+    assert "000002_jobs.up.sql" in names

@@ -1,0 +1,86 @@
+"""Operator re-drives: resubmit a batch, retry its failed items, cancel it.
+
+Each is safe to run twice and against a running system: the next attempt's
+`batch.submit` has a deterministic Nats-Msg-Id, and rows change only from the state
+the command read.
+"""
+
+from __future__ import annotations
+
+from consumers.app import App
+from consumers.errors import BatchyardError
+from consumers.inputs import load_input, next_attempt
+from consumers.store import FINISHED
+from events import subjects
+from events.payloads import Item
+from events.publisher import publish
+
+
+async def _publish_attempt(app: App, batch_id: str, items: list[Item], what: str) -> str:
+    row = await app.store.get(batch_id)
+    if row is None:
+        return f"no batch {batch_id!r}"
+    if row["status"] not in FINISHED:
+        return (f"batch {batch_id} is {row['status']} at attempt {row['attempt']}: "
+                f"nothing done (only a finished batch can be {what})")
+    if row["origin_seq"] is None:
+        return f"batch {batch_id} has no recorded input: nothing done"
+    inp = await load_input(app, int(row["origin_seq"]))
+    if not items:
+        items = inp.items
+    attempt = int(row["attempt"]) + 1
+    req = await next_attempt(app, inp, items, attempt)
+    ack = await publish(app.js, subjects.SUBMIT, req, subjects.submit_id(batch_id, attempt))
+    await app.store.update(
+        batch_id, {"attempt": row["attempt"], "status": row["status"]}, attempt=attempt,
+        status="pending_submission", items_total=len(inp.items),
+        items_embedded=len(inp.items) - len(items), items_failed=0, completed_at=None,
+        job_name=None, input_file=None)
+    if ack.duplicate:
+        return f"already {what}: batch {batch_id} attempt {attempt} was published before"
+    return f"{what}: batch {batch_id} as attempt {attempt} with {len(items)} items"
+
+
+async def resubmit(app: App, batch_id: str) -> str:
+    """Embed every item of a finished batch again, as its next attempt."""
+    return await _publish_attempt(app, batch_id, [], "re-submitted")
+
+
+async def retry_failed(app: App, batch_id: str) -> str:
+    """A new attempt with only the items that have no embedding."""
+    row = await app.store.get(batch_id)
+    if row is None or row["origin_seq"] is None:
+        return await _publish_attempt(app, batch_id, [], "retried")
+    inp = await load_input(app, int(row["origin_seq"]))
+    done = {r["item_id"] for r in await app.store.pool.fetch(
+        "SELECT item_id FROM batchyard.embeddings WHERE batch_id = $1 AND model = $2",
+        batch_id, inp.model)}
+    missing = [item for item in inp.items if item.id not in done]
+    if not missing:
+        return f"batch {batch_id}: every item has its embedding, nothing to retry"
+    return await _publish_attempt(app, batch_id, missing, "retried")
+
+
+async def cancel(app: App, batch_id: str) -> str:
+    """Cancel the batch's Gemini job, if any, and mark it cancelled."""
+    async with app.store.claim(batch_id) as claimed:
+        if not claimed:
+            return f"batch {batch_id} is being worked on right now: run the command again"
+        row = await app.store.get(batch_id)
+        if row is None:
+            return f"no batch {batch_id!r}"
+        if row["status"] in FINISHED:
+            return f"batch {batch_id} is already {row['status']}: nothing done"
+        note = ""
+        if row["job_name"] and row["status"] == "submitted":
+            try:
+                await app.gemini.cancel_job(row["job_name"])
+                note = f", job {row['job_name']} cancelled"
+            except BatchyardError as exc:
+                note = f", job {row['job_name']} not cancelled ({exc.message})"
+        changed = await app.store.update(batch_id, {"status": row["status"],
+                                                    "attempt": row["attempt"]},
+                                         status="cancelled")
+    if not changed:
+        return f"batch {batch_id} changed meanwhile: nothing done"
+    return f"cancelled batch {batch_id} (was {row['status']}){note}"
