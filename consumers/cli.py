@@ -82,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     dreplay = dsub.add_parser("replay", help="publish a dead letter's batch as a new attempt")
     dreplay.add_argument("seq", type=int, metavar="ID", help="the dead letter's BATCH sequence")
 
+    report = sub.add_parser("report", help="a run summary")
+    report.add_argument("--markdown", action="store_true", required=True,
+                        help="write it as Markdown (the only format)")
+    report.add_argument("--output", type=Path, help="file to write (default: stdout)")
+
     emulator = sub.add_parser("emulator", help="the Gemini API emulator alone")
     emulator.add_argument("args", nargs=argparse.REMAINDER)
 
@@ -212,6 +217,12 @@ async def _ops(settings: Settings, args: argparse.Namespace) -> int:
             ops.emit(await ops.parked(app), as_json, "parked on batch.auth_failed")
         elif args.command == "parked":
             print(f"replayed {await ops.replay_parked(app, args.batch)} parked messages")
+        elif args.command == "report":
+            text = await ops.report_markdown(app)
+            if args.output:
+                args.output.write_text(text)
+            else:
+                print(text, end="")
         elif args.command == "dead" and args.action == "list":
             ops.emit(await ops.dead(app), as_json, "dead letters")
         else:
@@ -226,6 +237,7 @@ _HANDLERS: dict[str, Handler] = {
     "batches": _ops,
     "parked": _ops,
     "dead": _ops,
+    "report": _ops,
     "run": _run,
     "publish": _publish,
     "streams": _streams,

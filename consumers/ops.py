@@ -167,3 +167,39 @@ async def replay_dead(app: App, seq: int) -> str:
                         subjects.submit_id(req.batch_id, attempt))
     what = "already replayed" if ack.duplicate else "replayed"
     return f"{what}: batch {req.batch_id} as attempt {attempt} ({len(req.items or [])} items)"
+
+
+async def report_markdown(app: App) -> str:
+    """A run summary: counts by status, failures by reason, retries, the slowest batches."""
+    pool = app.store.pool
+    counts = await pool.fetch("SELECT status, count(*) AS n, sum(items_total) AS items, "
+                              "sum(items_embedded) AS embedded, sum(items_failed) AS failed "
+                              "FROM batchyard.batches GROUP BY status ORDER BY status")
+    attempts = await pool.fetch("SELECT attempt, count(*) AS n FROM batchyard.batches "
+                                "GROUP BY attempt ORDER BY attempt")
+    paths = await pool.fetch("SELECT coalesce(embed_path, '-') AS path, count(*) AS n, "
+                             "sum(job_failures) AS job_failures FROM batchyard.batches "
+                             "GROUP BY 1 ORDER BY 1")
+    slow = await pool.fetch(
+        "SELECT batch_id, status, items_total, attempt, completed_at - created_at AS took "
+        "FROM batchyard.batches WHERE completed_at IS NOT NULL ORDER BY took DESC LIMIT 10")
+    reasons: dict[tuple[str, str], int] = {}
+    for d in await dead(app):
+        key = (str(d.get("reason")), str(d.get("stage", "")))
+        reasons[key] = reasons.get(key, 0) + 1
+    lines = ["# batchyard run report", "", "## Batches by status", "",
+             "| status | batches | items | embedded | failed |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['status']} | {r['n']} | {r['items'] or 0} | {r['embedded'] or 0} | "
+              f"{r['failed'] or 0} |" for r in counts]
+    lines += ["", "## Failures by reason", "", "| reason | stage | dead letters |",
+              "|---|---|---:|"]
+    lines += [f"| {reason} | {stage} | {n} |" for (reason, stage), n in sorted(reasons.items())]
+    lines += ["", "## Retries", "", "| attempts used | batches |", "|---:|---:|"]
+    lines += [f"| {r['attempt'] + 1} | {r['n']} |" for r in attempts]
+    lines += ["", "| embed path | batches | jobs failed whole |", "|---|---:|---:|"]
+    lines += [f"| {r['path']} | {r['n']} | {r['job_failures'] or 0} |" for r in paths]
+    lines += ["", "## Slowest batches", "", "| batch | status | items | attempts | took |",
+              "|---|---|---:|---:|---|"]
+    lines += [f"| {r['batch_id']} | {r['status']} | {r['items_total']} | {r['attempt'] + 1} | "
+              f"{r['took']} |" for r in slow]
+    return "\n".join(lines) + "\n"

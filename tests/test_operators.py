@@ -55,6 +55,10 @@ async def test_status_batches_and_dead_commands_match_the_servers(stack: Stack) 
     dead = await _json(stack, "dead", "list")
     assert sorted(d["reason"] for d in dead) == ["invalid_message", "job_failed"] or \
         sorted(d["reason"] for d in dead) == ["invalid_message", "item_attempts_exhausted"]
+    code, report = await _cli(stack, "report", "--markdown")
+    assert code == 0 and "| invalid_message | submit | 1 |" in report, report
+    assert "| succeeded | 3 | 12 | 12 | 0 |" in report and "| failed | 1 | 20 | 0 | 20 |" in report
+    assert "## Slowest batches" in report and "| doomed | failed | 20 | 1 |" in report
     letter = next(d for d in dead if d["batch_id"] == "doomed")
     assert letter["items"] == 20
     await stack.emulator.set_faults()
