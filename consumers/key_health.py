@@ -45,7 +45,7 @@ class KeyHealthRole:
         except InvalidMessage as exc:  # still a sign that the key changed: check it
             log.warning("key.rotated_unreadable", reason=exc.reason)
         self.app.keys.refresh()
-        await self.check()
+        await self.check(rotated=True)
         return ACK
 
     async def background(self) -> None:
@@ -57,8 +57,13 @@ class KeyHealthRole:
                 log.warning("key.check_failed", error=str(exc))
             await asyncio.sleep(self.app.settings.key_check_interval)
 
-    async def check(self) -> str | None:
-        """Check the current key; returns its state, or None when the check was inconclusive."""
+    async def check(self, rotated: bool = False) -> str | None:
+        """Check the current key; returns its state, or None when the check was inconclusive.
+
+        Only a check prompted by `key.rotated` may replace another key's entry with an
+        invalid one: a periodic check from a pod that has not yet seen the new key file
+        must not undo the rotation.
+        """
         app = self.app
         async with self._lock:
             fingerprint = app.keys.fingerprint
@@ -70,16 +75,16 @@ class KeyHealthRole:
             except (RetryableError, PermanentError) as exc:
                 log.info("key.check_inconclusive", error=exc.message, key_fingerprint=fingerprint)
                 return None
-            await self._record(fingerprint, state, reason)
+            await self._record(fingerprint, state, reason, rotated)
             return state
 
-    async def _record(self, fingerprint: str, state: str, reason: str) -> None:
+    async def _record(self, fingerprint: str, state: str, reason: str, rotated: bool) -> None:
         guard = self.app.guard
         for _ in range(_CAS_TRIES):
             current, revision = await guard.read()
-            if current is not None and current.fingerprint != fingerprint:
-                if current.state == "valid" or state == "invalid":
-                    # A newer key is valid (this pod is stale), or both are bad: keep it.
+            if current is not None and current.fingerprint != fingerprint and state == "invalid":
+                if current.state == "valid" or not rotated:
+                    # Another key is valid (this pod is stale), or this is no rotation.
                     self.app.keys.refresh()
                     return
             changed = current is None or current.fingerprint != fingerprint \

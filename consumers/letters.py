@@ -54,7 +54,7 @@ async def dead_letter(app: App, msg: Msg, *, stage: str, reason: str,
 
 async def park(app: App, msg: Msg, *, stage: Stage, batch_id: str, attempt: int,
                error: AuthError) -> None:
-    """Park `msg` on batch.auth_failed, then mark the batch auth_failed (never failed)."""
+    """Mark the batch auth_failed (never failed), then park `msg` on batch.auth_failed."""
     fingerprint = app.keys.fingerprint
     if app.guard.stale(fingerprint):
         # Another key is already known valid: parking would wait for a key.valid that
@@ -63,6 +63,14 @@ async def park(app: App, msg: Msg, *, stage: Stage, batch_id: str, attempt: int,
         raise RetryableError(f"key {fingerprint} is stale, a newer key is valid")
     if error.status != "KEY_MARKED_INVALID":
         await app.guard.mark_invalid(fingerprint, error.message)
+    # The row first: once parked, the message can be replayed at any moment, and the
+    # replay must find the batch auth_failed. A crash in between leaves the original
+    # unacked; its redelivery fails the same way and parks it then.
+    await app.store.update(
+        batch_id, {"attempt": attempt, "status": ["pending_submission", "submitting",
+                                                  "submitted", "auth_failed"]},
+        status="auth_failed", key_fingerprint=fingerprint,
+        last_error=f"{error.code} {error.status}: {error.message}")
     payload = original(msg.data)
     parked = AuthFailed(batch_id=batch_id, stage=stage,
                         subject=subjects.SUBMIT if stage == "submit" else subjects.POLL,
@@ -70,9 +78,6 @@ async def park(app: App, msg: Msg, *, stage: Stage, batch_id: str, attempt: int,
                         key_fingerprint=fingerprint, error=error.detail(), failed_at=utcnow())
     await publish(app.js, subjects.AUTH_FAILED, parked,
                   subjects.parked_id(msg.metadata.sequence.stream))
-    await app.store.update(
-        batch_id, {"attempt": attempt}, status="auth_failed", key_fingerprint=fingerprint,
-        last_error=f"{error.code} {error.status}: {error.message}")
     metrics.PARKED.labels(stage).inc()
     log.warning("message.parked", error=error.message, key_fingerprint=fingerprint)
 

@@ -45,12 +45,16 @@ class Poll:
     async def _handle(self, msg: Msg, req: PollRequest) -> Outcome:
         app = self.app
         row = await app.store.get(req.batch_id)
-        if (row is None or row["attempt"] != req.attempt or row["status"] != "submitted"
-                or row["job_name"] != req.job_name):
+        if (row is None or row["attempt"] != req.attempt or row["job_name"] != req.job_name
+                or row["status"] not in ("submitted", "auth_failed")):
             log.info("poll.skipped", reason="not this attempt's running job",
                      status=row["status"] if row else None)
             return ACK
         job = await app.gemini.get_job(req.job_name)
+        if row["status"] == "auth_failed":
+            # Parked at this stage and replayed (or redelivered) before the row moved back.
+            await app.store.update(req.batch_id, {"attempt": req.attempt,
+                                                  "status": "auth_failed"}, status="submitted")
         if not job.done:
             waited = (utcnow() - row["submitted_at"]).total_seconds() if row["submitted_at"] \
                 else 0.0

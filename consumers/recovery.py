@@ -3,13 +3,17 @@
 Each parked message is replayed exactly once: its batch row goes back first (so the
 replayed message finds the batch where it expects it), the replay is published with
 Nats-Msg-Id `replay:<parked seq>` (a second pod or a redelivery is dropped by the
-stream), and only then is the parked message deleted.
+stream), and only after its PubAck is the parked message acked. Acked messages are then
+removed from BATCH_PARKED up to the `replay` consumer's ack floor, so the stream shows
+what is still parked.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
+import msgspec
 import structlog
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -25,7 +29,21 @@ from events.payloads import AuthFailed, InvalidMessage, KeyValid, decode, encode
 from events.publisher import publish
 
 log = structlog.get_logger("batchyard.recovery")
+
+
+class _Parked(msgspec.Struct, frozen=True):
+    """What a replay needs of a parked message; its payload is passed on untouched."""
+
+    batch_id: str
+    stage: Literal["submit", "poll"]
+    subject: Literal["batch.submit", "batch.poll"]
+    payload: msgspec.Raw
+
+
+_parked = msgspec.json.Decoder(_Parked)
 FETCH = 256
+IN_FLIGHT = 4
+PURGE_EVERY = 2048
 
 
 async def replay_one(app: App, data: bytes, seq: int) -> str | None:
@@ -48,12 +66,17 @@ async def replay_one(app: App, data: bytes, seq: int) -> str | None:
 
 
 async def drain(app: App) -> int:
-    """Pull the `replay` consumer until BATCH_PARKED is empty or the key goes bad again."""
+    """Pull the `replay` consumer until BATCH_PARKED is empty or the key goes bad again.
+
+    Up to IN_FLIGHT fetched batches are replayed at once while the next is fetched.
+    """
     sub = await app.js.pull_subscribe_bind(durable=defs.REPLAY.name, stream=defs.BATCH_PARKED)
     replayed = 0
+    pending: set[asyncio.Task[int]] = set()
     try:
         info = await app.js.stream_info(defs.BATCH_PARKED)
-        rounds = info.state.messages // FETCH + 10  # bounded: what is parked now, and a margin
+        rounds = info.state.messages // 16 + 10  # bounded: what is parked now, and a margin
+        since_purge = 0
         for _ in range(rounds):
             if not app.guard.usable(app.keys.fingerprint):
                 log.warning("recovery.stopped", reason="key invalid again")
@@ -62,22 +85,72 @@ async def drain(app: App) -> int:
                 msgs = await sub.fetch(FETCH, timeout=1.0)
             except (NatsTimeoutError, TimeoutError):
                 break
-            done = await asyncio.gather(*(_one(app, m) for m in msgs))
-            replayed += sum(done)
+            pending.add(asyncio.create_task(_replay_batch(app, msgs)))
+            if len(pending) >= IN_FLIGHT:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                n = sum(t.result() for t in done)
+                replayed, since_purge = replayed + n, since_purge + n
+            if since_purge >= PURGE_EVERY:
+                await _forget_replayed(app)
+                since_purge = 0
+        if pending:
+            replayed += sum(await asyncio.gather(*pending))
+            pending = set()
     finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         await sub.unsubscribe()
+    await _forget_replayed(app)
     return replayed
 
 
-async def _one(app: App, msg: Msg) -> int:
+async def _replay_batch(app: App, msgs: list[Msg]) -> int:
+    """Replay a fetched batch: rows back in two statements, publishes pipelined."""
+    parked: list[tuple[Msg, _Parked]] = []
+    for msg in msgs:
+        try:
+            parked.append((msg, _parked.decode(msg.data)))
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # only batchyard writes here
+            log.error("parked.unreadable", seq=msg.metadata.sequence.stream, reason=str(exc))
+            await msg.term()
     try:
-        await replay_one(app, msg.data, msg.metadata.sequence.stream)
-    except Exception as exc:  # left unacked: redelivered after ack_wait, replayed then
+        for stage, status in (("submit", "pending_submission"), ("poll", "submitted")):
+            ids = [p.batch_id for _, p in parked if p.stage == stage]
+            if ids:
+                await app.store.pool.execute(
+                    "UPDATE batchyard.batches SET status = $2, last_error = NULL, "
+                    "updated_at = now() WHERE batch_id = ANY($1) AND status = 'auth_failed'",
+                    ids, status)
+    except Exception as exc:  # unacked: redelivered after ack_wait, replayed then
         log.warning("replay.failed", error=repr(exc))
-        await msg.nak(delay=backoff(msg.metadata.num_delivered))
+        for msg, _ in parked:
+            await msg.nak(delay=backoff(msg.metadata.num_delivered))
         return 0
-    await msg.ack()
-    return 1
+    acks = [await app.js.publish_async(
+        p.subject, bytes(p.payload),
+        headers={"Nats-Msg-Id": subjects.replay_id(m.metadata.sequence.stream)})
+        for m, p in parked]
+    results = await asyncio.gather(*acks, return_exceptions=True)
+    done = 0
+    for (msg, p), result in zip(parked, results, strict=True):
+        if isinstance(result, BaseException):
+            log.warning("replay.failed", batch_id=p.batch_id, error=repr(result))
+            await msg.nak(delay=backoff(msg.metadata.num_delivered))
+            continue
+        await msg.ack()
+        metrics.REPLAYED.labels(p.stage).inc()
+        done += 1
+    return done
+
+
+async def _forget_replayed(app: App) -> None:
+    """Remove replayed messages: everything below the replay consumer's ack floor."""
+    await app.nc.flush()
+    info = await app.js.consumer_info(defs.BATCH_PARKED, defs.REPLAY.name)
+    floor = info.ack_floor.stream_seq if info.ack_floor else 0
+    if floor:
+        await app.js.purge_stream(defs.BATCH_PARKED, seq=floor + 1)
 
 
 async def replay_by_hand(app: App, batch_id: str | None = None) -> int:

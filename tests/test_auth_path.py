@@ -20,7 +20,7 @@ async def _everything(stack: Stack, **env: str) -> None:
     for _ in range(2):
         await stack.pod("submit", "poll", **env)
         await stack.pod("recovery", **env)
-    await stack.pod("key-health", **env)
+        await stack.pod("key-health", **env)
 
 
 async def _parked(stack: Stack) -> int:
@@ -77,7 +77,7 @@ async def _n_parked(stack: Stack, n: int) -> bool:
 
 async def test_expiry_while_polling_resumes_the_same_jobs(stack: Stack) -> None:
     """The key expires while jobs run: polls park, and after rotation the same jobs finish."""
-    await stack.emulator.set_faults(job_pending_s=1, job_running_s=6)
+    await stack.emulator.set_faults(job_pending_s=1, job_running_s=600)
     await stack.emulator.set_key(NEW_KEY, "valid")
     await _everything(stack)
     nc = await stack.nc()
@@ -90,6 +90,10 @@ async def test_expiry_while_polling_resumes_the_same_jobs(stack: Stack) -> None:
     await wait_for(lambda: _n_parked(stack, 8), 60, what="8 parked polls")
     assert await statuses(db) == {"auth_failed": 8}
     await _rotate(stack, NEW_KEY)
+    await wait_for(lambda: db.fetchval(
+        "SELECT count(*) = 8 FROM batchyard.batches WHERE status = 'submitted'"), 60,
+        what="8 polls replayed")
+    await stack.emulator.advance(600)
     assert await wait_finished(stack, 8, timeout=120) == {"succeeded": 8}
     names = sorted(j["display_name"] for j in (await stack.emulator.state())["jobs"])
     assert names == sorted(f"p{n}:0" for n in range(8))
@@ -160,7 +164,7 @@ async def test_rotation_to_another_bad_key_stays_parked(stack: Stack) -> None:
         await submit(nc, batch(f"bad{n}", 12))
     await wait_for(lambda: _n_parked(stack, 6), 60)
     await _rotate(stack, BAD_KEY)
-    await wait_for(lambda: _has(nc, subjects.KEY_INVALID), 30, what="key.invalid")
+    await wait_for(lambda: _invalid_for(nc, BAD_KEY), 30, what="key.invalid for the new key")
     await asyncio.sleep(2)
     assert await _parked(stack) == 6
     db = await stack.db()
@@ -170,6 +174,13 @@ async def test_rotation_to_another_bad_key_stays_parked(stack: Stack) -> None:
     assert await stream_messages(nc, subjects.KEY_VALID) == []
     await db.close()
     await nc.close()
+
+
+async def _invalid_for(nc: object, key: str) -> bool:
+    from consumers.keys import fingerprint
+
+    msgs = await stream_messages(nc, subjects.KEY_INVALID)  # type: ignore[arg-type]
+    return any(decode(m, KeyInvalid).fingerprint == fingerprint(key) for m in msgs)
 
 
 async def test_recovery_disabled_waits_for_parked_replay(stack: Stack) -> None:
