@@ -46,7 +46,7 @@ demo: deps
 	$(BIN)/batchyard demo
 
 bench: deps
-	$(BIN)/pytest -q -s tests/benchmarks $(PYTEST_ARGS)
+	PYTHONWARNINGS=ignore $(BIN)/python -m tests.benchmarks
 
 streams-export: venv
 	$(BIN)/batchyard streams export deploy/nats

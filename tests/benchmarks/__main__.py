@@ -1,0 +1,38 @@
+"""`make bench`: every benchmark, JSON on stdout and a short table on stderr."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from tests.benchmarks import bench_cost, bench_ingest, bench_recovery, bench_runtime
+
+
+async def main() -> dict[str, object]:
+    return {"runtime": await bench_runtime.main(), "ingest": await bench_ingest.main(),
+            "recovery": await bench_recovery.main(), "cost": await bench_cost.main()}
+
+
+def table(r: dict) -> str:
+    rt, ing, rec, cost = r["runtime"], r["ingest"], r["recovery"], r["cost"]["runs"]
+    rows = [
+        ("runtime no-op vs raw fetch(100)+ack", f"{rt['ratio_runtime_to_raw']}x",
+         f"{rt['msg_per_s']['runtime_c100']} vs {rt['msg_per_s']['raw_fetch100_ack']} msg/s"),
+        *((f"ingest {d} vs raw copy_records_to_table", f"{ing[d]['ratio']}x",
+           f"{ing[d]['ingest_rows_per_s']} vs {ing[d]['raw_copy_rows_per_s']} rows/s")
+          for d in ("768d", "3072d")),
+        ("replay parked vs raw publish_async", f"{rec['ratio']}x",
+         f"{rec['replay_per_s']} vs {rec['raw_publish_async_per_s']} msg/s"),
+        ("key.valid to first replay", f"{rec['key_valid_to_first_replay_s']} s", ""),
+        *((f"cost, {c['pods_per_role']} pod(s) per role", f"{c['cpu_s_per_1000_items']} cpu-s/1k",
+           f"{c['items_per_s']} items/s, {c['batches_per_s']} batches/s") for c in cost),
+    ]
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{a:<{width}}  {b:>16}  {c}" for a, b, c in rows)
+
+
+if __name__ == "__main__":
+    result = asyncio.run(main())
+    print(json.dumps(result, indent=2))
+    print(table(result), file=sys.stderr)

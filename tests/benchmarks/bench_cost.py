@@ -1,0 +1,96 @@
+"""Cost and throughput: batchyard's own CPU seconds per 1,000 items at 768 dimensions
+through submit + poll + ingest, with the emulator answering at once (servers excluded),
+and batches and items per second with one and two pods per role."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import nats
+
+from consumers import provision
+from consumers.migrate import Migrator
+from events import subjects
+from events.payloads import Item, SubmitRequest
+from events.publisher import publish
+from sandbox.emulator.testing import launch_emulator
+from sandbox.natsd import nats_server
+from sandbox.pg import postgres_server
+
+KEY = "AIzaSyBenchmarkKey00000000000000000000"
+BATCHES, ITEMS = 40, 250
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+async def _run(pods_per_role: int, round_: int) -> dict[str, Any]:
+    async with nats_server() as natsd, postgres_server() as pg, \
+            launch_emulator(keys=(KEY,), job_pending_s=0, job_running_s=0) as emu:
+        nc = await nats.connect(natsd.url)
+        js = nc.jetstream()
+        await provision.apply(js)
+        db = await asyncpg.connect(pg.url)
+        await Migrator(db).up()
+        env = {**os.environ, "NATS_URL": natsd.url, "DATABASE_URL": pg.url,
+               "GEMINI_API_KEY": KEY, "GEMINI_BASE_URL": emu.url, "BATCHYARD_HTTP_PORT": "0",
+               "BATCHYARD_POLL_INTERVAL": "200ms", "BATCHYARD_LOG_LEVEL": "warning"}
+        pods = []
+        for _ in range(pods_per_role):
+            for role in ("submit", "poll"):
+                prof = ["-m", "cProfile", "-o", f"/tmp/bench-{role}.prof"] \
+                    if os.environ.get("BENCH_PROFILE") else []
+                pods.append(await asyncio.create_subprocess_exec(
+                    sys.executable, *prof, "-m", "consumers", "run", role, env=env))
+        await asyncio.sleep(2)
+        base = sum(_cpu_seconds(p.pid) for p in pods)
+        start = time.perf_counter()
+        for b in range(BATCHES):
+            items = [Item(f"r{round_}-b{b}-{i}", f"def function_{i}(x):\n    return x * {i}  # {b}")
+                     for i in range(ITEMS)]
+            req = SubmitRequest(batch_id=f"r{round_}-b{b}", items=items,
+                                output_dimensionality=768)
+            await publish(js, subjects.SUBMIT, req, subjects.submit_id(req.batch_id, 0))
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if await db.fetchval("SELECT count(*) FROM batchyard.batches "
+                                 "WHERE status = 'succeeded'") == BATCHES:
+                break
+            await asyncio.sleep(0.1)
+        elapsed = time.perf_counter() - start
+        cpu = sum(_cpu_seconds(p.pid) for p in pods) - base
+        stored = await db.fetchval("SELECT count(*) FROM batchyard.embeddings")
+        for p in pods:
+            p.terminate()
+        for p in pods:
+            await p.wait()
+        await db.close()
+        await nc.close()
+    items = BATCHES * ITEMS
+    assert stored == items, (stored, items)
+    return {"pods_per_role": pods_per_role, "items": items, "seconds": round(elapsed, 2),
+            "items_per_s": round(items / elapsed), "batches_per_s": round(BATCHES / elapsed, 2),
+            "cpu_s_per_1000_items": round(cpu / items * 1000, 3)}
+
+
+async def main() -> dict[str, Any]:
+    tempfile.tempdir = None
+    if os.environ.get("BENCH_PROFILE"):
+        return {"runs": [await _run(1, 1)]}
+    return {"runs": [await _run(1, 1), await _run(2, 2)]}
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(asyncio.run(main()), indent=2))
