@@ -14,6 +14,7 @@ from consumers.connect import connect_nats, create_pool
 from consumers.gemini import Gemini
 from consumers.keyguard import KeyGuard
 from consumers.keys import KeySource
+from consumers.quota import Quota
 from consumers.settings import Settings
 from consumers.store import Store
 from events import jetstream as defs
@@ -33,6 +34,7 @@ class App:
     gemini: Gemini
     inputs: ObjectStore
     guard: KeyGuard
+    quota: Quota
     stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     @classmethod
@@ -49,10 +51,12 @@ class App:
             gemini = Gemini(settings, keys, may_call=guard.may_call)
             stack.push_async_callback(gemini.close)
             inputs = await js.object_store(defs.BATCH_INPUTS)
+            store = Store(pool)
+            quota = Quota(store, await js.key_value(defs.QUOTA), settings)
         except BaseException:
             await stack.aclose()
             raise
-        return cls(settings, nc, js, Store(pool), keys, gemini, inputs, guard, stack)
+        return cls(settings, nc, js, store, keys, gemini, inputs, guard, quota, stack)
 
     async def close(self) -> None:
         await self.stack.aclose()

@@ -16,3 +16,5 @@ BATCH_LATENCY = Histogram(
     "batchyard_batch_seconds", "batch end-to-end latency, created to completed",
     buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 24 * 3600, 48 * 3600))
 KEY_STATE = Gauge("batchyard_key_valid", "1 when the key is known valid, 0 invalid, -1 unknown")
+HELD = Counter("batchyard_held_total", "submit messages put back for lack of Batch API room")
+GATE_CLOSED = Counter("batchyard_quota_gate_closures_total", "quota gate closures after a 429")

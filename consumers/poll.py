@@ -70,6 +70,7 @@ class Poll:
             row = await app.store.get(req.batch_id)
             if row is None or row["attempt"] != req.attempt or row["status"] != "submitted":
                 return ACK
+            await app.quota.finished(req.batch_id, req.attempt, job.state)
             inp = await load_input(app, int(row["input_seq"]))
             failures, whole = await self._results(job, inp)
             await finish_attempt(app, msg, inp, req.attempt, failures, stage="poll",

@@ -6,11 +6,14 @@ finished here.
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import asyncpg
 import structlog
 from nats.aio.msg import Msg
 
-from consumers import failpoints, letters
+from consumers import failpoints, letters, metrics
 from consumers._runtime import ACK, Outcome, backoff, nak, term
 from consumers.app import App, utcnow
 from consumers.errors import AuthError, PermanentError, RetryableError
@@ -27,6 +30,7 @@ from events.publisher import publish
 
 log = structlog.get_logger("batchyard.submit")
 BUSY_DELAY = 5.0
+HOLD_PAUSE = 2.0  # after a hold, this pod fetches again no sooner than this
 FALLBACK_AFTER = 2  # whole-job failures on the Batch API side before going online
 
 
@@ -38,7 +42,11 @@ class Submit:
         self.app = app
 
     async def ready(self) -> None:
-        return None
+        """Hold off fetching while the quota gate is closed or this pod just held a message."""
+        # The gate lives in KV; a short bounded sleep re-reads it (the runtime races this
+        # against shutdown).
+        while (wait := await self.app.quota.wait_time()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(min(wait, 2.0))
 
     def retry_delay(self, msg: Msg, error: RetryableError) -> float:
         return backoff(msg.metadata.num_delivered, error.delay)
@@ -74,9 +82,23 @@ class Submit:
                     log.info("batch.fallback_online", job_failures=row["job_failures"])
                 await self._online(msg, inp)
                 return ACK
+            name = subjects.display_name(batch_id, req.attempt)
+            if not await app.quota.reserve(batch_id, req.attempt, name, len(items),
+                                           inp.est_tokens(), inp.model):
+                return await self._hold(msg, "no room: active jobs or enqueued tokens at limit")
+            if not crashed and not await app.quota.may_create():
+                await app.quota.release(batch_id, req.attempt)
+                return await self._hold(msg, "the quota gate is closed")
             try:
                 job, input_file = await self._create(inp, adopt=crashed)
+            except RetryableError as exc:
+                await app.quota.release(batch_id, req.attempt)
+                if not exc.quota:
+                    raise
+                await app.quota.close(exc.delay, exc.message)
+                return await self._hold(msg, f"429 on creation: {exc.message}")
             except PermanentError as exc:
+                await app.quota.release(batch_id, req.attempt)
                 if not app.settings.fallback_to_online:
                     raise
                 # The Batch API refuses this batch (e.g. no batch endpoint for the model):
@@ -86,12 +108,26 @@ class Submit:
                 await self._online(msg, inp)
                 return ACK
             failpoints.hit("submit.after_create")
+            await app.quota.created(batch_id, req.attempt, job.name, input_file)
+            await app.quota.succeeded()
             await app.store.update(
                 batch_id, {"attempt": req.attempt, "status": "submitting"}, status="submitted",
                 job_name=job.name, input_file=input_file, submitted_at=utcnow(), last_error=None)
         await self._hand_to_poll(batch_id, req.attempt, job.name)
         log.info("batch.submitted", job_name=job.name, items=len(items), input_file=input_file)
         return ACK
+
+    async def _hold(self, msg: Msg, why: str) -> Outcome:
+        """Put the message back on batch.submit for later; waiting spends no deliveries."""
+        req = decode(msg.data, SubmitRequest)
+        await self.app.store.update(req.batch_id, {"attempt": req.attempt, "status": "submitting"},
+                                    status="pending_submission")
+        await publish(self.app.js, subjects.SUBMIT, msg.data,
+                      subjects.held_id(msg.metadata.sequence.stream))
+        self.app.quota.paused_until = time.monotonic() + HOLD_PAUSE
+        metrics.HELD.inc()
+        log.info("submit.held", reason=why)
+        return Outcome(ACK.action, label="held")
 
     async def _already(self, row: asyncpg.Record, req: SubmitRequest) -> Outcome | None:
         """ACK for a message whose attempt is stale or done; None when there is work."""

@@ -184,6 +184,7 @@ class QuotaGate(Struct, frozen=True, kw_only=True):
     until: datetime | None = None
     reason: str = ""
     checked_at: datetime | None = None
+    strikes: int = 0  # consecutive 429s on creation: the cooldown doubles with each
 
 
 T = TypeVar("T")

@@ -1,0 +1,179 @@
+"""The Batch API's limits as waits (CONTRACT §11): admission across pods and the gate.
+
+Admission is counted in PostgreSQL's `jobs` table: a job holds its slot from the
+moment its creation starts (`creating`) until it is terminal, and every pod admits
+under one transaction-scoped advisory lock, so counts stay right through crashes and
+restarts without any pod keeping state. The gate is KV `QUOTA` / `batch-create`: a 429
+on creation closes it for every pod until the RetryInfo delay, or a cooldown that
+doubles per consecutive 429; a job that finishes opens it early.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import structlog
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from consumers import metrics
+from consumers.settings import Settings
+from consumers.store import Store, db_errors
+from events import jetstream as defs
+from events.payloads import QuotaGate
+
+log = structlog.get_logger("batchyard.quota")
+_decode = msgspec.json.Decoder(QuotaGate)
+_ADMIT = """
+WITH active AS (
+    SELECT count(*) AS jobs,
+           coalesce(sum(est_tokens) FILTER (WHERE model = $7), 0) AS tokens
+    FROM batchyard.jobs j JOIN batchyard.batches b USING (batch_id)
+    WHERE j.state IN ('pending', 'running')
+       -- a creation interrupted by a crash or shutdown stops counting after a while
+       OR (j.state = 'creating' AND j.created_at > now() - interval '10 minutes')
+)
+INSERT INTO batchyard.jobs (batch_id, attempt, shard, display_name, state, items, est_tokens)
+SELECT $1, $2, 0, $3, 'creating', $4, $5::bigint FROM active
+WHERE active.jobs < $6::bigint AND ($8::bigint = 0 OR active.tokens + $5::bigint <= $8::bigint)
+RETURNING state
+"""
+GATE_CACHE_S = 1.0
+PROBING = "cooldown over: one pod probes with a creation"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Quota:
+    def __init__(self, store: Store, kv: KeyValue, settings: Settings):
+        self.store = store
+        self.kv = kv
+        self.settings = settings
+        self._gate: tuple[float, QuotaGate | None] = (0.0, None)
+        self.paused_until = 0.0  # this pod holds off fetching after a hold
+
+    async def reserve(self, batch_id: str, attempt: int, display_name: str, items: int,
+                      est_tokens: int, model: str) -> bool:
+        """Take a slot for this attempt's job; False when the Batch API has no room."""
+        async with db_errors(), self.store.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('batchyard.admission'))")
+            if await conn.fetchval(
+                    "SELECT true FROM batchyard.jobs WHERE batch_id = $1 AND attempt = $2 "
+                    "AND shard = 0", batch_id, attempt):
+                return True  # reserved before a crash: the slot is already ours
+            state = await conn.fetchval(
+                _ADMIT, batch_id, attempt, display_name, items, est_tokens,
+                self.settings.max_active_jobs, model, self.settings.max_enqueued_tokens)
+        return state is not None
+
+    async def created(self, batch_id: str, attempt: int, job_name: str,
+                      input_file: str | None) -> None:
+        async with db_errors():
+            await self.store.pool.execute(
+                "UPDATE batchyard.jobs SET state = 'pending', job_name = $3, input_file = $4 "
+                "WHERE batch_id = $1 AND attempt = $2 AND shard = 0", batch_id, attempt,
+                job_name, input_file)
+
+    async def release(self, batch_id: str, attempt: int) -> None:
+        """Give back a slot whose job was never created."""
+        async with db_errors():
+            await self.store.pool.execute(
+                "DELETE FROM batchyard.jobs WHERE batch_id = $1 AND attempt = $2 AND shard = 0 "
+                "AND state = 'creating'", batch_id, attempt)
+
+    async def finished(self, batch_id: str, attempt: int, state: str) -> None:
+        """The job is terminal: free its slot, and open the gate early."""
+        async with db_errors():
+            await self.store.pool.execute(
+                "UPDATE batchyard.jobs SET state = $3, finished_at = now() "
+                "WHERE batch_id = $1 AND attempt = $2 AND shard = 0 "
+                "AND state IN ('creating', 'pending', 'running')", batch_id, attempt, state)
+        gate, revision = await self.read()
+        if gate is not None and gate.state == "closed":
+            opened = QuotaGate(state="open", reason="a job finished", checked_at=_now(),
+                               strikes=gate.strikes)
+            await self._write(opened, revision)
+
+    async def read(self) -> tuple[QuotaGate | None, int]:
+        try:
+            entry = await self.kv.get(defs.QUOTA_BATCH_CREATE)
+        except KeyNotFoundError:
+            return None, 0
+        try:
+            return _decode.decode(entry.value or b""), int(entry.revision or 0)
+        except msgspec.DecodeError:
+            return None, int(entry.revision or 0)
+
+    async def _write(self, gate: QuotaGate, revision: int) -> bool:
+        data = msgspec.json.encode(gate)
+        try:
+            if revision:
+                await self.kv.update(defs.QUOTA_BATCH_CREATE, data, last=revision)
+            else:
+                await self.kv.create(defs.QUOTA_BATCH_CREATE, data)
+        except KeyWrongLastSequenceError:
+            return False
+        self._gate = (time.monotonic(), gate)
+        return True
+
+    def _cooldown(self, strikes: int) -> float:
+        return min(self.settings.quota_cooldown * 2 ** max(strikes - 1, 0),
+                   self.settings.quota_cooldown_max)
+
+    async def may_create(self) -> bool:
+        """Whether this pod may call batch create now.
+
+        While the gate is closed, no. Once its time has passed, one pod wins a
+        compare-and-set to probe with a single creation (the gate stays closed for the
+        others meanwhile), so a full API sees a few calls per cooldown, not a stampede.
+        """
+        gate, revision = await self.read()
+        if gate is None or gate.state == "open":
+            return True
+        if gate.until is not None and gate.until > _now():
+            return False
+        probe = QuotaGate(state="closed", reason=PROBING, checked_at=_now(),
+                          until=_now() + timedelta(seconds=self._cooldown(gate.strikes)),
+                          strikes=gate.strikes)
+        return await self._write(probe, revision)
+
+    async def close(self, retry_delay: float | None, reason: str) -> QuotaGate:
+        """A 429 on creation: close the gate for every pod."""
+        closed = QuotaGate(state="closed", reason=reason)
+        for _ in range(5):
+            gate, revision = await self.read()
+            if (gate is not None and gate.state == "closed" and gate.reason != PROBING
+                    and gate.until and gate.until > _now()):
+                return gate  # another pod's 429 closed it already
+            strikes = (gate.strikes if gate else 0) + 1
+            wait = retry_delay if retry_delay is not None else self._cooldown(strikes)
+            closed = QuotaGate(state="closed", until=_now() + timedelta(seconds=wait),
+                               reason=reason, checked_at=_now(), strikes=strikes)
+            if await self._write(closed, revision):
+                metrics.GATE_CLOSED.inc()
+                log.warning("quota.gate_closed", wait_s=round(wait, 2), strikes=strikes)
+                return closed
+        return closed
+
+    async def succeeded(self) -> None:
+        """A creation went through: the cooldown starts again from its base."""
+        gate, revision = await self.read()
+        if gate is not None and (gate.strikes or gate.state == "closed"):
+            await self._write(QuotaGate(state="open", reason="created", checked_at=_now()),
+                              revision)
+
+    async def wait_time(self) -> float:
+        """Seconds until this pod may fetch submit messages again (0: now)."""
+        local = self.paused_until - time.monotonic()
+        at, gate = self._gate
+        if time.monotonic() - at > GATE_CACHE_S:
+            gate, _ = await self.read()
+            self._gate = (time.monotonic(), gate)
+        shared = 0.0
+        if gate is not None and gate.state == "closed" and gate.until is not None:
+            shared = (gate.until - _now()).total_seconds()
+        return max(local, shared, 0.0)
