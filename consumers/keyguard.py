@@ -37,7 +37,7 @@ class KeyGuard:
         self.kv = kv
         self.keys = keys
         self.health: KeyHealth | None = None
-        self.bad: set[str] = set()  # failed here, even if the bucket says otherwise
+        self.bad: dict[str, str] = {}  # failed here (with why), whatever the bucket says
 
     def usable(self, fingerprint: str) -> bool:
         h = self.health
@@ -53,7 +53,7 @@ class KeyGuard:
     async def may_call(self, fingerprint: str) -> None:
         """Raise AuthError instead of calling Gemini with a key marked invalid."""
         if not self.usable(fingerprint):
-            reason = self.health.reason if self.health else ""
+            reason = self.bad.get(fingerprint) or (self.health.reason if self.health else "")
             raise AuthError(f"key {fingerprint} is marked invalid in KEY_HEALTH: {reason}",
                             status="KEY_MARKED_INVALID")
 
@@ -86,7 +86,7 @@ class KeyGuard:
 
         A valid entry for another key is left alone: that key is the newer one.
         """
-        self.bad.add(fingerprint)  # this pod stops at once, before the bucket round-trip
+        self.bad[fingerprint] = reason  # this pod stops at once, before the bucket round-trip
         current, revision = await self.read()
         if current is not None:
             same = current.fingerprint == fingerprint
@@ -99,7 +99,7 @@ class KeyGuard:
     def _seen(self, health: KeyHealth) -> None:
         self.health = health
         if health.state == "valid":
-            self.bad.discard(health.fingerprint)
+            self.bad.pop(health.fingerprint, None)
         metrics.KEY_STATE.set({"valid": 1, "invalid": 0}.get(health.state, -1))
 
     async def watch(self) -> None:

@@ -87,7 +87,7 @@ async def test_parked_list_shows_what_is_parked(stack: Stack) -> None:
         "SELECT count(*) = 3 FROM batchyard.batches WHERE status = 'auth_failed'"), 60)
     parked = await _json(stack, "parked", "list")
     assert sorted(p["batch_id"] for p in parked) == ["pk0", "pk1", "pk2"]
-    assert all(p["stage"] == "submit" and "API key expired" in p["error"] for p in parked)
+    assert all(p["stage"] == "submit" and "API key expired" in p["error"] for p in parked), [p["error"] for p in parked]
     assert all(re.fullmatch(r"[0-9a-f]{12}", p["key_fingerprint"]) for p in parked)
     status = await _json(stack, "status")
     assert status["parked"] == 3 and status["key"]["state"] == "invalid"
