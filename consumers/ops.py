@@ -53,7 +53,19 @@ async def status(app: App) -> dict[str, Any]:
                           "ack_pending": info.num_ack_pending,
                           "redelivered": info.num_redelivered})
     health, _ = await app.guard.read()
+    gate, _ = await app.quota.read()
+    active = await app.store.pool.fetchrow(
+        "SELECT count(*) AS jobs, coalesce(sum(est_tokens), 0) AS tokens FROM batchyard.jobs "
+        "WHERE state IN ('creating', 'pending', 'running')")
+    waiting = await app.store.pool.fetchval(
+        "SELECT count(*) FROM batchyard.batches WHERE status = 'pending_submission'")
+    s = app.settings
     return {
+        "quota": {"gate": msgspec.to_builtins(gate) if gate else {"state": "open"},
+                  "active_jobs": active["jobs"], "max_active_jobs": s.max_active_jobs,
+                  "enqueued_tokens": active["tokens"],
+                  "max_enqueued_tokens": s.max_enqueued_tokens or None,
+                  "batches_waiting": waiting},
         "batches": {r["status"]: r["n"] for r in rows},
         "parked": parked.state.messages,
         "dead": (dead.state.subjects or {}).get(subjects.DEAD, 0),
@@ -69,6 +81,11 @@ def print_status(data: dict[str, Any]) -> None:
     emit(data["consumers"], False, "consumers",
          ["consumer", "stream", "pending", "ack_pending", "redelivered"])
     emit(data["key"], False, "key health", ["fingerprint", "state", "reason", "checked_at"])
+    q = data["quota"]
+    emit({**q["gate"], "active_jobs": f"{q['active_jobs']} / {q['max_active_jobs']}",
+          "enqueued_tokens": f"{q['enqueued_tokens']} / {q['max_enqueued_tokens'] or 'no limit'}",
+          "waiting": q["batches_waiting"]}, False, "Batch API quota",
+         ["state", "until", "reason", "active_jobs", "enqueued_tokens", "waiting"])
 
 
 async def batches(app: App, state: str | None, limit: int) -> list[dict[str, Any]]:
