@@ -38,12 +38,14 @@ class App:
     stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     @classmethod
-    async def open(cls, settings: Settings, name: str = "batchyard") -> App:
+    async def open(cls, settings: Settings, name: str = "batchyard", roles: int = 1) -> App:
         stack = AsyncExitStack()
         try:
             nc = await connect_nats(settings, name=name)
             stack.push_async_callback(_close_nats, nc)
-            pool = await create_pool(settings)
+            # Each message in flight may hold a batch's claim (one connection) while it
+            # queries with another: size the pool so claims can never starve queries.
+            pool = await create_pool(settings, max_size=2 * settings.concurrency * roles + 2)
             stack.push_async_callback(pool.close)
             js = nc.jetstream(timeout=10)
             keys = KeySource(settings.gemini_api_key, settings.gemini_api_key_file)

@@ -95,9 +95,21 @@ class KeyHealthRole:
             if await guard.write(health, revision):
                 if changed:
                     await self._announce(fingerprint, state, reason, revision)
+                elif state == "valid":
+                    await self._stranded(fingerprint, revision)
                 return
 
-    async def _announce(self, fingerprint: str, state: str, reason: str, revision: int) -> None:
+    async def _stranded(self, fingerprint: str, revision: int) -> None:
+        """The key is valid yet messages are parked (parked by a pod that had not seen
+        the new key when the last drain ran): announce key.valid again for them."""
+        info = await self.app.js.stream_info(defs.BATCH_PARKED)
+        if info.state.messages:
+            log.info("key.parked_while_valid", parked=info.state.messages)
+            await self._announce(fingerprint, "valid", "", revision,
+                                 suffix=f":{info.state.first_seq}")
+
+    async def _announce(self, fingerprint: str, state: str, reason: str, revision: int,
+                        suffix: str = "") -> None:
         now = utcnow()
         if state == "valid":
             body: KeyValid | KeyInvalid = KeyValid(
@@ -106,7 +118,7 @@ class KeyHealthRole:
         else:
             body = KeyInvalid(fingerprint=fingerprint, reason=reason, checked_at=now)
             subject = subjects.KEY_INVALID
-        await publish(self.app.js, subject, body, f"{subject}:{fingerprint}:{revision}")
+        await publish(self.app.js, subject, body, f"{subject}:{fingerprint}:{revision}{suffix}")
         log.info("key.transition", state=state, key_fingerprint=fingerprint)
 
     async def reject(self, msg: Msg, error: InvalidMessage | PermanentError | RetryableError,

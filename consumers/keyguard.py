@@ -14,12 +14,12 @@ from datetime import UTC, datetime
 
 import msgspec
 import structlog
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from consumers import metrics
 from consumers.errors import AuthError
 from consumers.keys import KeySource
+from consumers.kvdoc import KvDoc
 from events import jetstream as defs
 from events.payloads import KeyHealth
 
@@ -29,12 +29,12 @@ log = structlog.get_logger("batchyard.keyguard")
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
-_decode = msgspec.json.Decoder(KeyHealth)
 
 
 class KeyGuard:
     def __init__(self, kv: KeyValue, keys: KeySource):
         self.kv = kv
+        self.doc = KvDoc(kv, defs.KEY_HEALTH_CURRENT, KeyHealth)
         self.keys = keys
         self.health: KeyHealth | None = None
         self.bad: dict[str, str] = {}  # failed here (with why), whatever the bucket says
@@ -59,24 +59,11 @@ class KeyGuard:
 
     async def read(self) -> tuple[KeyHealth | None, int]:
         """The bucket's current value and revision (0 when there is none)."""
-        try:
-            entry = await self.kv.get(defs.KEY_HEALTH_CURRENT)
-        except KeyNotFoundError:
-            return None, 0
-        try:
-            return _decode.decode(entry.value or b""), int(entry.revision or 0)
-        except msgspec.DecodeError:
-            return None, int(entry.revision or 0)
+        return await self.doc.read()
 
     async def write(self, health: KeyHealth, revision: int) -> bool:
         """Compare-and-set: True when this write won (so its transition is announced once)."""
-        data = msgspec.json.encode(health)
-        try:
-            if revision:
-                await self.kv.update(defs.KEY_HEALTH_CURRENT, data, last=revision)
-            else:
-                await self.kv.create(defs.KEY_HEALTH_CURRENT, data)
-        except KeyWrongLastSequenceError:
+        if not await self.doc.write(health, revision):
             return False
         self._seen(health)
         return True
@@ -116,7 +103,7 @@ class KeyGuard:
                     if entry is None or not entry.value:
                         continue
                     with contextlib.suppress(msgspec.DecodeError):
-                        health = _decode.decode(entry.value)
+                        health = self.doc.decode(entry.value)
                         if health.fingerprint != self.keys.fingerprint:
                             self.keys.refresh()
                         self._seen(health)

@@ -47,7 +47,12 @@ async def embed_online(app: App, inp: Input) -> list[list[float] | None]:
                     await asyncio.sleep(delay)
             out[n] = list(got) + [None] * (len(chunks[n]) - len(got))
 
-    async with asyncio.TaskGroup() as tg:
-        for n in range(len(chunks)):
-            tg.create_task(one(n))
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for n in range(len(chunks)):
+                tg.create_task(one(n))
+    except ExceptionGroup as group:
+        # One classified error (auth, retryable, permanent) is what the runtime maps;
+        # the siblings cancelled with it say nothing more.
+        raise group.exceptions[0] from None
     return [v for chunk in out for v in chunk]

@@ -13,19 +13,17 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
-import msgspec
 import structlog
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from consumers import metrics
+from consumers.kvdoc import KvDoc
 from consumers.settings import Settings
 from consumers.store import Store, db_errors
 from events import jetstream as defs
 from events.payloads import QuotaGate
 
 log = structlog.get_logger("batchyard.quota")
-_decode = msgspec.json.Decoder(QuotaGate)
 _ADMIT = """
 WITH active AS (
     SELECT count(*) AS jobs,
@@ -51,7 +49,7 @@ def _now() -> datetime:
 class Quota:
     def __init__(self, store: Store, kv: KeyValue, settings: Settings):
         self.store = store
-        self.kv = kv
+        self.doc = KvDoc(kv, defs.QUOTA_BATCH_CREATE, QuotaGate)
         self.settings = settings
         self._gate: tuple[float, QuotaGate | None] = (0.0, None)
         self.paused_until = 0.0  # this pod holds off fetching after a hold
@@ -99,23 +97,10 @@ class Quota:
             await self._write(opened, revision)
 
     async def read(self) -> tuple[QuotaGate | None, int]:
-        try:
-            entry = await self.kv.get(defs.QUOTA_BATCH_CREATE)
-        except KeyNotFoundError:
-            return None, 0
-        try:
-            return _decode.decode(entry.value or b""), int(entry.revision or 0)
-        except msgspec.DecodeError:
-            return None, int(entry.revision or 0)
+        return await self.doc.read()
 
     async def _write(self, gate: QuotaGate, revision: int) -> bool:
-        data = msgspec.json.encode(gate)
-        try:
-            if revision:
-                await self.kv.update(defs.QUOTA_BATCH_CREATE, data, last=revision)
-            else:
-                await self.kv.create(defs.QUOTA_BATCH_CREATE, data)
-        except KeyWrongLastSequenceError:
+        if not await self.doc.write(gate, revision):
             return False
         self._gate = (time.monotonic(), gate)
         return True

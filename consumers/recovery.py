@@ -44,6 +44,8 @@ _parked = msgspec.json.Decoder(_Parked)
 FETCH = 256
 IN_FLIGHT = 4
 PURGE_EVERY = 2048
+SWEEPS = 5
+SWEEP_DELAY = 1.0
 
 
 async def replay_one(app: App, data: bytes, seq: int) -> str | None:
@@ -192,6 +194,14 @@ class Recovery:
             log.info("recovery.disabled", key_fingerprint=valid.fingerprint)
             return ACK
         replayed = await drain(self.app)
+        # Pods that had not yet seen the new key may park a few more messages just
+        # after the drain; sweep again briefly so none waits for the next key.valid.
+        for _ in range(SWEEPS):
+            await asyncio.sleep(SWEEP_DELAY)
+            parked = (await self.app.js.stream_info(defs.BATCH_PARKED)).state.messages
+            if not parked or not self.app.guard.usable(self.app.keys.fingerprint):
+                break
+            replayed += await drain(self.app)
         log.info("recovery.drained", replayed=replayed, key_fingerprint=valid.fingerprint)
         return ACK
 

@@ -37,7 +37,7 @@ def role_names(names: list[str]) -> list[str]:
 
 async def run_roles(settings: Settings, names: list[str]) -> int:
     logs.configure(settings.log_level)
-    app = await App.open(settings, name=f"batchyard-{'-'.join(names)}")
+    app = await App.open(settings, name=f"batchyard-{'-'.join(names)}", roles=len(names))
     roles: list[Role] = [ROLES[n](app) for n in names]
     runtime = Runtime(app.js, roles, concurrency=settings.concurrency,
                       drain_timeout=settings.drain_timeout)

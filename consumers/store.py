@@ -13,6 +13,7 @@ import numpy as np
 from consumers.errors import RetryableError
 from consumers.pgcopy import COLUMNS, encode_rows
 
+CLAIM_WAIT = 30.0  # a claim waits this long for a connection, then the message naks
 FINISHED = frozenset({"succeeded", "partial", "failed", "dead", "cancelled"})
 
 _WRITE_EMBEDDINGS = """
@@ -47,7 +48,7 @@ class Store:
         The lock lives as long as the connection: a pod that dies loses it at once,
         so there is never a stale claim to expire.
         """
-        async with db_errors(), self.pool.acquire() as conn:
+        async with db_errors(), self.pool.acquire(timeout=CLAIM_WAIT) as conn:
             got = await conn.fetchval(
                 "SELECT pg_try_advisory_lock(hashtext('batchyard'), hashtext($1))", batch_id)
             try:
