@@ -37,13 +37,15 @@ def role_names(names: list[str]) -> list[str]:
 
 async def run_roles(settings: Settings, names: list[str]) -> int:
     logs.configure(settings.log_level)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before connecting: a stop during start-up
+        loop.add_signal_handler(sig, stop.set)  # still ends in an orderly exit 0
     app = await App.open(settings, name=f"batchyard-{'-'.join(names)}", roles=len(names))
     roles: list[Role] = [ROLES[n](app) for n in names]
     runtime = Runtime(app.js, roles, concurrency=settings.concurrency,
                       drain_timeout=settings.drain_timeout)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, runtime.stop.set)
+    runtime.stop = stop
     try:
         async with http.serve(app, settings.http_port,
                               lambda: runtime.bound == set(names)) as port, \

@@ -97,6 +97,9 @@ class Submit:
                     raise
                 await app.quota.close(exc.delay, exc.message)
                 return await self._hold(msg, f"429 on creation: {exc.message}")
+            except AuthError:
+                await app.quota.release(batch_id, req.attempt)  # parked: no job, no slot
+                raise
             except PermanentError as exc:
                 await app.quota.release(batch_id, req.attempt)
                 if not app.settings.fallback_to_online:

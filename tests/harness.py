@@ -87,6 +87,10 @@ class Stack:
         self.pods.append(pod)
         return pod
 
+    async def started(self, timeout: float = 60.0) -> None:
+        """Wait until every pod has logged pod.started (bound to its consumers)."""
+        await wait_for(lambda: _all_started(self.pods), timeout, what="pods started")
+
     async def stop_all(self) -> None:
         for pod in self.pods:
             if pod.proc.returncode is None:
@@ -103,6 +107,10 @@ class Stack:
 
     async def db(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.database_url)
+
+
+async def _all_started(pods: list[Pod]) -> bool:
+    return all('"pod.started"' in p.text() for p in pods)
 
 
 def batch(batch_id: str, n: int, *, attempt: int = 0, prefix: str = "",

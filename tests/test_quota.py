@@ -83,6 +83,7 @@ async def test_gate_survives_a_restart_of_every_pod(stack: Stack) -> None:
         return msgspec.json.decode(entry.value, type=QuotaGate).state == "closed"
 
     await wait_for(closed, 30, what="gate closed")
+    await stack.started()
     assert await asyncio.gather(*(p.terminate() for p in list(stack.pods))) == [0, 0, 0, 0]
     await _pods(stack, BATCHYARD_QUOTA_COOLDOWN="2s", BATCHYARD_QUOTA_COOLDOWN_MAX="4s")
     assert await wait_finished(stack, 6, timeout=90) == {"succeeded": 6}
