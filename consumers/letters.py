@@ -11,9 +11,17 @@ from nats.aio.msg import Msg
 
 from consumers import metrics
 from consumers.app import App, utcnow
-from consumers.errors import AuthError, RetryableError
+from consumers.errors import AuthError, BatchyardError, RetryableError
 from events import subjects
-from events.payloads import ID_PATTERN, AuthFailed, Dead, DeadItem, ErrorDetail, Stage
+from events.payloads import (
+    ID_PATTERN,
+    AuthFailed,
+    Dead,
+    DeadItem,
+    ErrorDetail,
+    InvalidMessage,
+    Stage,
+)
 from events.publisher import publish
 
 log = structlog.get_logger("batchyard")
@@ -50,6 +58,26 @@ async def dead_letter(app: App, msg: Msg, *, stage: str, reason: str,
     metrics.DEAD.labels(stage, reason).inc()
     log.warning("message.dead", reason=reason, error=error.message if error else None,
                 batch_id=dead.batch_id, items=len(items) if items else None)
+
+
+async def reject(app: App, msg: Msg, error: InvalidMessage | BatchyardError, *, stage: str,
+                 working: list[str]) -> str:
+    """Dead-letter `msg` for `error`; a batch still in a `working` status becomes dead.
+
+    Returns the reason recorded.
+    """
+    if isinstance(error, InvalidMessage):
+        detail, reason = ErrorDetail(message=error.reason), "invalid_message"
+    else:
+        detail = error.detail()
+        reason = "deliveries_exhausted" if isinstance(error, RetryableError) \
+            else "permanent_error"
+    batch_id = readable_batch_id(original(msg.data))
+    await dead_letter(app, msg, stage=stage, reason=reason, error=detail, batch_id=batch_id)
+    if batch_id is not None and not isinstance(error, InvalidMessage):
+        await app.store.update(batch_id, {"status": working}, status="dead",
+                               last_error=detail.message)
+    return reason
 
 
 async def park(app: App, msg: Msg, *, stage: Stage, batch_id: str, attempt: int,

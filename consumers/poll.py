@@ -102,18 +102,8 @@ class Poll:
 
     async def reject(self, msg: Msg, error: InvalidMessage | PermanentError | RetryableError,
                      ) -> Outcome:
-        payload = letters.original(msg.data)
-        batch_id = letters.readable_batch_id(payload)
-        if isinstance(error, InvalidMessage):
-            detail, reason = ErrorDetail(message=error.reason), "invalid_message"
-        else:
-            detail, reason = error.detail(), "permanent_error"
-        await letters.dead_letter(self.app, msg, stage="poll", reason=reason, error=detail,
-                                  batch_id=batch_id)
-        if batch_id is not None and not isinstance(error, InvalidMessage):
-            await self.app.store.update(batch_id, {"status": "submitted"}, status="dead",
-                                        last_error=detail.message)
-        return term(reason)
+        return term(await letters.reject(self.app, msg, error, stage="poll",
+                                         working=["submitted"]))
 
     async def park(self, msg: Msg, error: AuthError) -> Outcome:
         req = decode(msg.data, PollRequest)

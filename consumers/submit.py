@@ -25,7 +25,7 @@ from consumers.results import ingest_vectors
 from consumers.store import FINISHED
 from events import jetstream as defs
 from events import subjects
-from events.payloads import ErrorDetail, InvalidMessage, PollRequest, SubmitRequest, decode
+from events.payloads import InvalidMessage, PollRequest, SubmitRequest, decode
 from events.publisher import publish
 
 log = structlog.get_logger("batchyard.submit")
@@ -179,19 +179,8 @@ class Submit:
 
     async def reject(self, msg: Msg, error: InvalidMessage | PermanentError | RetryableError,
                      ) -> Outcome:
-        reason = ("invalid_message" if isinstance(error, InvalidMessage)
-                  else "deliveries_exhausted" if isinstance(error, RetryableError)
-                  else "permanent_error")
-        detail = ErrorDetail(message=error.reason) if isinstance(error, InvalidMessage) \
-            else error.detail()
-        payload = letters.original(msg.data)
-        batch_id = letters.readable_batch_id(payload)
-        await letters.dead_letter(self.app, msg, stage="submit", reason=reason, error=detail,
-                                  batch_id=batch_id)
-        if batch_id is not None and not isinstance(error, InvalidMessage):
-            await self.app.store.update(batch_id, {"status": ["submitting", "pending_submission"]},
-                                        status="dead", last_error=detail.message)
-        return term(reason)
+        return term(await letters.reject(self.app, msg, error, stage="submit",
+                                         working=["submitting", "pending_submission"]))
 
     async def park(self, msg: Msg, error: AuthError) -> Outcome:
         req = decode(msg.data, SubmitRequest)
