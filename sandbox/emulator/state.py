@@ -32,6 +32,7 @@ class EmulatorState:
         self.pending_s = pending_s
         self.running_s = running_s
         self._job_seq = itertools.count(1)
+        self.injected: Counter[str] = Counter()  # 429s and 5xx answered by fault, for reports
         self.set_faults(Faults(job_pending_s=pending_s, job_running_s=running_s))
 
     # keys and calls
@@ -64,10 +65,13 @@ class EmulatorState:
         faults = self.faults
         if self.burst_left > 0:
             self.burst_left -= 1
+            self.injected["429"] += 1
             return errors.rate_limited(faults.retry_delay_s, model)
         if self.dice.chance(faults.rate_limit_rate):
+            self.injected["429"] += 1
             return errors.rate_limited(faults.retry_delay_s, model)
         if self.dice.chance(faults.error_rate):
+            self.injected["5xx"] += 1
             return errors.server_error(self.dice.choice(faults.error_codes))
         return None
 
@@ -182,4 +186,5 @@ class EmulatorState:
                 for job in self.listing()
             ],
             "faults": to_json(self.faults),
+            "injected": dict(self.injected),
         }
