@@ -8,15 +8,19 @@ PermanentError. No other module looks at an error's text.
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import aiohttp
+import msgspec
 import pydantic
 from google import genai
+from google.genai import _transformers as genai_names
 from google.genai import errors as genai_errors
 from google.genai import types
 
@@ -167,7 +171,7 @@ class Gemini:
         async with self._call("files.upload"):
             f = await (await self._aio()).files.upload(
                 file=io.BytesIO(data),
-                config={"mime_type": "application/jsonl", "display_name": display_name[:128],
+                config={"mime_type": "application/jsonl", "display_name": display_name,
                         **self._long()})
         if not f.name:
             raise PermanentError("upload returned no file name")
@@ -189,9 +193,19 @@ class Gemini:
         return _job(job)
 
     async def get_job(self, name: str) -> Job:
+        """The job's state and, once it has them, its inlined results.
+
+        The request goes through the SDK's own API client (same URL, headers, retries and
+        errors as `batches.get`); its answer is read with msgspec instead of the SDK's
+        json.loads and pydantic models, since a finished job's inlined results are
+        megabytes of JSON.
+        """
         async with self._call("batches.get"):
-            job = await (await self._aio()).batches.get(name=name, config=self._long())
-        return _job(job)
+            aio = await self._aio()
+            path = f"batches/{genai_names.t_batch_job_name(aio._api_client, name)}"
+            resp = await aio._api_client.async_request("get", path, {},
+                                                       self._long()["http_options"])
+            return _raw_job(resp.body, name)
 
     async def cancel_job(self, name: str) -> None:
         async with self._call("batches.cancel"):
@@ -210,6 +224,20 @@ class Gemini:
                 except IndexError:
                     break
         return None
+
+    async def list_files(self, max_pages: int = 100) -> list[tuple[str, str, datetime | None]]:
+        """The project's files as (name, display_name, create_time), up to `max_pages`."""
+        found: list[tuple[str, str, datetime | None]] = []
+        async with self._call("files.list"):
+            pager = await (await self._aio()).files.list(config={"page_size": 100})
+            for _ in range(max_pages):
+                found.extend((str(f.name), f.display_name or "", f.create_time)
+                             for f in pager.page if f.name)
+                try:
+                    await pager.next_page()
+                except IndexError:
+                    break
+        return found
 
     async def download(self, file_name: str, write: Callable[[bytes], Awaitable[None]]) -> None:
         """Stream a results file to `write`, chunk by chunk (never files.get: 42-char ids)."""
@@ -254,3 +282,78 @@ def _job(job: types.BatchJob) -> Job:
                       for r in dest.inlined_responses]
     return Job(name=str(job.name), display_name=job.display_name, state=state,
                output_file=dest.file_name if dest else None, inline=inline)
+
+
+class _Embedding(msgspec.Struct):
+    values: list[float] | None = None
+
+
+class _Status(msgspec.Struct):
+    code: int | None = None
+    message: str | None = None
+
+
+class _Response(msgspec.Struct):
+    embedding: _Embedding | None = None
+
+
+class _Inlined(msgspec.Struct):
+    response: _Response | None = None
+    error: _Status | None = None
+
+
+class _InlinedList(msgspec.Struct, rename="camel"):
+    inlined_responses: list[_Inlined] | None = None
+
+
+class _Output(msgspec.Struct, rename="camel"):
+    responses_file: str | None = None
+    inlined_responses: _InlinedList | None = None
+    inlined_embed_content_responses: _InlinedList | None = None
+
+
+class _Metadata(msgspec.Struct, rename="camel"):
+    display_name: str | None = None
+    state: str | None = None
+    output: _Output | None = None
+
+
+class _Operation(msgspec.Struct):
+    """The parts of a `batches.get` answer (a long-running Operation) that a Job holds."""
+
+    name: str | None = None
+    metadata: _Metadata | None = None
+
+
+_operation = msgspec.json.Decoder(_Operation)
+
+
+def _raw_job(body: str | bytes, name: str) -> Job:
+    """A Job from the JSON of a `batches.get` answer, read as the SDK reads it."""
+    try:
+        try:
+            op = _operation.decode(body) if body else _Operation()
+        except msgspec.ValidationError:
+            raise
+        except msgspec.DecodeError:  # NaN / Infinity literals: only stdlib json reads them
+            op = msgspec.convert(json.loads(body), _Operation)
+    except msgspec.ValidationError as exc:
+        raise PermanentError(f"unexpected response shape: {exc}") from None
+    meta = op.metadata or _Metadata()
+    state = _STATES.get((meta.state or "").replace("BATCH_STATE_", "JOB_STATE_", 1), "pending")
+    out = meta.output
+    inline: list[InlineResult] | None = None
+    listed = out and (out.inlined_embed_content_responses or out.inlined_responses)
+    if listed and listed.inlined_responses is not None:
+        rows = listed.inlined_responses
+        if any(r.response is not None and r.response.embedding is not None for r in rows):
+            inline = [InlineResult(
+                values=r.response.embedding.values if r.response and r.response.embedding
+                else None,
+                error=(r.error.message or f"error {r.error.code}") if r.error else None,
+            ) for r in rows]
+        else:  # every item failed
+            inline = [InlineResult(None, (r.error.message if r.error else None) or "no embedding")
+                      for r in rows]
+    return Job(name=op.name or name, display_name=meta.display_name, state=state,
+               output_file=out.responses_file if out else None, inline=inline)

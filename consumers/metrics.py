@@ -18,3 +18,6 @@ BATCH_LATENCY = Histogram(
 KEY_STATE = Gauge("batchyard_key_valid", "1 when the key is known valid, 0 invalid, -1 unknown")
 HELD = Counter("batchyard_held_total", "submit messages put back for lack of Batch API room")
 GATE_CLOSED = Counter("batchyard_quota_gate_closures_total", "quota gate closures after a 429")
+QUOTA_WAIT = Counter("batchyard_quota_wait_seconds_total",
+                     "seconds submit pods held off fetching for lack of Batch API room")
+FILES_SWEPT = Counter("batchyard_files_swept_total", "orphaned input files deleted by the sweep")

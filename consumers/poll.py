@@ -6,10 +6,11 @@ a job that fails whole spends an attempt of every item in it.
 
 from __future__ import annotations
 
+import asyncpg
 import structlog
 from nats.aio.msg import Msg
 
-from consumers import letters
+from consumers import letters, shards
 from consumers._runtime import ACK, Outcome, nak, term
 from consumers.app import App, utcnow
 from consumers.errors import AuthError, PermanentError, RetryableError
@@ -17,10 +18,13 @@ from consumers.finish import finish_attempt
 from consumers.gemini import Job
 from consumers.inputs import Input, load_input
 from consumers.results import ingest_file, ingest_inline
+from consumers.sweep import sweep_forever
 from events import jetstream as defs
 from events.payloads import ErrorDetail, InvalidMessage, PollRequest, decode
 
 log = structlog.get_logger("batchyard.poll")
+# A shard's job can finish while later shards are still being created or admitted.
+SHARD_LIVE = ("pending_submission", "submitting", "submitted", "auth_failed")
 
 
 class Poll:
@@ -33,6 +37,9 @@ class Poll:
     async def ready(self) -> None:
         return None
 
+    async def background(self) -> None:
+        await sweep_forever(self.app)
+
     def retry_delay(self, msg: Msg, error: RetryableError) -> float:
         return max(self.app.settings.poll_interval, error.delay or 0.0)
 
@@ -43,6 +50,8 @@ class Poll:
             return await self._handle(msg, req)
 
     async def _handle(self, msg: Msg, req: PollRequest) -> Outcome:
+        if req.shard:
+            return await self._shard(msg, req)
         app = self.app
         row = await app.store.get(req.batch_id)
         if (row is None or row["attempt"] != req.attempt or row["job_name"] != req.job_name
@@ -77,6 +86,54 @@ class Poll:
                                  job_name=job.name, path="batch", whole_job_failed=whole)
         await self._forget_input(row["input_file"])
         return ACK
+
+    async def _shard(self, msg: Msg, req: PollRequest) -> Outcome:
+        """One shard's job: settle it alone, and the attempt once all its shards are."""
+        app, batch_id, k = self.app, req.batch_id, req.shard
+        row = await app.store.get(batch_id)
+        recorded = await shards.rows(app, batch_id, req.attempt)
+        mine = next((r for r in recorded if r["shard"] == k), None)
+        if (row is None or row["attempt"] != req.attempt or row["status"] not in SHARD_LIVE
+                or mine is None or mine["job_name"] != req.job_name):
+            log.info("poll.skipped", reason="not this attempt's running shard",
+                     status=row["status"] if row else None)
+            return ACK
+        job = None
+        if mine["state"] not in shards.TERMINAL:
+            job = await app.gemini.get_job(req.job_name)
+            if row["status"] == "auth_failed":
+                await self._unpark_shards(row, recorded)
+            if not job.done:
+                waited = (utcnow() - mine["created_at"]).total_seconds()
+                if waited < app.settings.max_wait:
+                    return nak(app.settings.poll_interval, "waiting")
+                log.warning("job.stuck", waited_s=round(waited), state=job.state, shard=k)
+                await app.gemini.cancel_job(job.name)
+                job = Job(name=job.name, display_name=job.display_name, state="cancelled")
+        async with app.store.claim(batch_id) as claimed:
+            if not claimed:
+                return nak(app.settings.poll_interval, "busy")
+            row = await app.store.get(batch_id)
+            if row is None or row["attempt"] != req.attempt or row["status"] not in SHARD_LIVE:
+                return ACK
+            recorded = await shards.rows(app, batch_id, req.attempt)
+            inp = await load_input(app, int(row["input_seq"]))
+            if job is not None and any(r["shard"] == k and r["state"] not in shards.TERMINAL
+                                       for r in recorded):
+                # Results first, then the row: a crash in between is redone, not lost.
+                failures, _ = await self._results(job, shards.part(inp, recorded, k))
+                await app.quota.finished(batch_id, req.attempt, job.state, k, failures)
+            await shards.settle(app, msg, inp, stage="poll")
+        await self._forget_input(mine["input_file"])
+        return ACK
+
+    async def _unpark_shards(self, row: asyncpg.Record, recorded: list[asyncpg.Record]) -> None:
+        """A replayed shard moves its batch back to submitted, once every shard exists."""
+        inp = await load_input(self.app, int(row["input_seq"]))
+        if sum(int(r["items"]) for r in recorded if r["shard"] > 0) == len(inp.items):
+            await self.app.store.update(row["batch_id"], {"attempt": row["attempt"],
+                                                          "status": "auth_failed"},
+                                        status="submitted")
 
     async def _results(self, job: Job, inp: Input) -> tuple[dict[str, ErrorDetail], bool]:
         """Per-item failures of a finished job, and whether the job failed whole."""

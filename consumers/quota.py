@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import structlog
 from nats.js.kv import KeyValue
 
@@ -21,7 +22,7 @@ from consumers.kvdoc import KvDoc
 from consumers.settings import Settings
 from consumers.store import Store, db_errors
 from events import jetstream as defs
-from events.payloads import QuotaGate
+from events.payloads import ErrorDetail, QuotaGate
 
 log = structlog.get_logger("batchyard.quota")
 _ADMIT = """
@@ -34,7 +35,7 @@ WITH active AS (
        OR (j.state = 'creating' AND j.created_at > now() - interval '10 minutes')
 )
 INSERT INTO batchyard.jobs (batch_id, attempt, shard, display_name, state, items, est_tokens)
-SELECT $1, $2, 0, $3, 'creating', $4, $5::bigint FROM active
+SELECT $1, $2, $9::integer, $3, 'creating', $4, $5::bigint FROM active
 WHERE active.jobs < $6::bigint AND ($8::bigint = 0 OR active.tokens + $5::bigint <= $8::bigint)
 RETURNING state
 """
@@ -55,41 +56,46 @@ class Quota:
         self.paused_until = 0.0  # this pod holds off fetching after a hold
 
     async def reserve(self, batch_id: str, attempt: int, display_name: str, items: int,
-                      est_tokens: int, model: str) -> bool:
+                      est_tokens: int, model: str, shard: int = 0) -> bool:
         """Take a slot for this attempt's job; False when the Batch API has no room."""
         async with db_errors(), self.store.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('batchyard.admission'))")
             if await conn.fetchval(
                     "SELECT true FROM batchyard.jobs WHERE batch_id = $1 AND attempt = $2 "
-                    "AND shard = 0", batch_id, attempt):
+                    "AND shard = $3", batch_id, attempt, shard):
                 return True  # reserved before a crash: the slot is already ours
             state = await conn.fetchval(
                 _ADMIT, batch_id, attempt, display_name, items, est_tokens,
-                self.settings.max_active_jobs, model, self.settings.max_enqueued_tokens)
+                self.settings.max_active_jobs, model, self.settings.max_enqueued_tokens, shard)
         return state is not None
 
     async def created(self, batch_id: str, attempt: int, job_name: str,
-                      input_file: str | None) -> None:
+                      input_file: str | None, shard: int = 0) -> None:
         async with db_errors():
             await self.store.pool.execute(
                 "UPDATE batchyard.jobs SET state = 'pending', job_name = $3, input_file = $4 "
-                "WHERE batch_id = $1 AND attempt = $2 AND shard = 0", batch_id, attempt,
-                job_name, input_file)
+                "WHERE batch_id = $1 AND attempt = $2 AND shard = $5", batch_id, attempt,
+                job_name, input_file, shard)
 
-    async def release(self, batch_id: str, attempt: int) -> None:
+    async def release(self, batch_id: str, attempt: int, shard: int = 0) -> None:
         """Give back a slot whose job was never created."""
         async with db_errors():
             await self.store.pool.execute(
-                "DELETE FROM batchyard.jobs WHERE batch_id = $1 AND attempt = $2 AND shard = 0 "
-                "AND state = 'creating'", batch_id, attempt)
+                "DELETE FROM batchyard.jobs WHERE batch_id = $1 AND attempt = $2 AND shard = $3 "
+                "AND state = 'creating'", batch_id, attempt, shard)
 
-    async def finished(self, batch_id: str, attempt: int, state: str) -> None:
-        """The job is terminal: free its slot, and open the gate early."""
+    async def finished(self, batch_id: str, attempt: int, state: str, shard: int = 0,
+                       failures: dict[str, ErrorDetail] | None = None) -> None:
+        """The job is terminal: free its slot, and open the gate early.
+
+        A shard's failed items are kept with it until its whole attempt is settled.
+        """
         async with db_errors():
             await self.store.pool.execute(
-                "UPDATE batchyard.jobs SET state = $3, finished_at = now() "
-                "WHERE batch_id = $1 AND attempt = $2 AND shard = 0 "
-                "AND state IN ('creating', 'pending', 'running')", batch_id, attempt, state)
+                "UPDATE batchyard.jobs SET state = $3, finished_at = now(), failures = $5 "
+                "WHERE batch_id = $1 AND attempt = $2 AND shard = $4 "
+                "AND state IN ('creating', 'pending', 'running')", batch_id, attempt, state,
+                shard, msgspec.json.encode(failures).decode() if failures else None)
         gate, revision = await self.read()
         if gate is not None and gate.state == "closed":
             opened = QuotaGate(state="open", reason="a job finished", checked_at=_now(),

@@ -146,6 +146,8 @@ VARS: tuple[Var, ...] = (
     Var("BATCHYARD_GEMINI_TIMEOUT", "gemini_timeout", "60s", _positive_duration,
         "timeout of one Gemini API call"),
     Var("BATCHYARD_LOG_LEVEL", "log_level", "info", _text, "debug, info, warning or error"),
+    Var("BATCHYARD_FILE_SWEEP_INTERVAL", "file_sweep_interval", "10m", _positive_duration,
+        "period of the poll role's sweep for input files of finished jobs"),
 )
 
 
@@ -183,6 +185,7 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     drain_timeout: float
     gemini_timeout: float
     log_level: str
+    file_sweep_interval: float
 
     def __repr__(self) -> str:
         hidden = {"gemini_api_key", "nats_password"}

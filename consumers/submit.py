@@ -13,7 +13,7 @@ import asyncpg
 import structlog
 from nats.aio.msg import Msg
 
-from consumers import failpoints, letters, metrics
+from consumers import failpoints, letters, metrics, shards
 from consumers._runtime import ACK, Outcome, backoff, nak, term
 from consumers.app import App, utcnow
 from consumers.errors import AuthError, PermanentError, RetryableError
@@ -25,7 +25,7 @@ from consumers.results import ingest_vectors
 from consumers.store import FINISHED
 from events import jetstream as defs
 from events import subjects
-from events.payloads import InvalidMessage, PollRequest, SubmitRequest, decode
+from events.payloads import InvalidMessage, Item, PollRequest, SubmitRequest, decode
 from events.publisher import publish
 
 log = structlog.get_logger("batchyard.submit")
@@ -45,8 +45,9 @@ class Submit:
         """Hold off fetching while the quota gate is closed or this pod just held a message."""
         # The gate lives in KV; a short bounded sleep re-reads it (the runtime races this
         # against shutdown).
-        while (wait := await self.app.quota.wait_time()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(min(wait, 2.0))
+        while (wait := await self.app.quota.wait_time()) > 0:
+            await asyncio.sleep(nap := min(wait, 2.0))
+            metrics.QUOTA_WAIT.inc(nap)
 
     def retry_delay(self, msg: Msg, error: RetryableError) -> float:
         return backoff(msg.metadata.num_delivered, error.delay)
@@ -82,6 +83,9 @@ class Submit:
                     log.info("batch.fallback_online", job_failures=row["job_failures"])
                 await self._online(msg, inp)
                 return ACK
+            parts, recorded = await shards.plan(app, inp)
+            if parts:
+                return await self._sharded(msg, inp, row, parts, recorded)
             name = subjects.display_name(batch_id, req.attempt)
             if not await app.quota.reserve(batch_id, req.attempt, name, len(items),
                                            inp.est_tokens(), inp.model):
@@ -90,7 +94,7 @@ class Submit:
                 await app.quota.release(batch_id, req.attempt)
                 return await self._hold(msg, "the quota gate is closed")
             try:
-                job, input_file = await self._create(inp, adopt=crashed)
+                job, input_file = await self._create(inp, name, adopt=crashed)
             except RetryableError as exc:
                 await app.quota.release(batch_id, req.attempt)
                 if not exc.quota:
@@ -102,14 +106,7 @@ class Submit:
                 raise
             except PermanentError as exc:
                 await app.quota.release(batch_id, req.attempt)
-                if not app.settings.fallback_to_online:
-                    raise
-                # The Batch API refuses this batch (e.g. no batch endpoint for the model):
-                # retrying cannot help, the online path can.
-                log.warning("batch.fallback_online", error=exc.message)
-                await app.store.update(batch_id, job_failures=row["job_failures"] + 1)
-                await self._online(msg, inp)
-                return ACK
+                return await self._refused(msg, inp, row, exc)
             failpoints.hit("submit.after_create")
             await app.quota.created(batch_id, req.attempt, job.name, input_file)
             await app.quota.succeeded()
@@ -144,10 +141,75 @@ class Submit:
             return ACK
         return None
 
-    async def _create(self, inp: Input, *, adopt: bool) -> tuple[Job, str | None]:
-        """Create the attempt's job, or adopt the one a crashed pod created."""
+    async def _sharded(self, msg: Msg, inp: Input, row: asyncpg.Record,
+                       parts: list[list[Item]], recorded: dict[int, asyncpg.Record]) -> Outcome:
+        """Create the shards' jobs in order, each admitted on its own; resumable anywhere."""
         app, req = self.app, inp.request
-        name = subjects.display_name(req.batch_id, req.attempt)
+        batch_id, attempt = req.batch_id, req.attempt
+        for k, items in enumerate(parts, 1):
+            done = recorded.get(k)
+            if done is not None and (done["job_name"] or done["state"] in shards.TERMINAL):
+                if done["job_name"] and done["state"] not in shards.TERMINAL:
+                    await self._hand_to_poll(batch_id, attempt, done["job_name"], k)
+                continue
+            part = Input(req, items)
+            name = subjects.display_name(batch_id, attempt, k)
+            adopt = done is not None  # a creation a crash interrupted
+            if not await app.quota.reserve(batch_id, attempt, name, len(items),
+                                           part.est_tokens(), inp.model, shard=k):
+                return await self._hold(msg, f"no room for shard {k} of {len(parts)}")
+            if not adopt and not await app.quota.may_create():
+                await app.quota.release(batch_id, attempt, k)
+                return await self._hold(msg, "the quota gate is closed")
+            try:
+                job, input_file = await self._create(part, name, adopt=adopt)
+            except RetryableError as exc:
+                await app.quota.release(batch_id, attempt, k)
+                if not exc.quota:
+                    raise
+                await app.quota.close(exc.delay, exc.message)
+                return await self._hold(msg, f"429 on creation: {exc.message}")
+            except AuthError:
+                await app.quota.release(batch_id, attempt, k)
+                raise
+            except PermanentError as exc:
+                if k == 1:
+                    await app.quota.release(batch_id, attempt, k)
+                    return await self._refused(msg, inp, row, exc)
+                # Earlier shards are running: this one fails whole, and its items go
+                # round with the attempt's other failures.
+                log.warning("shard.refused", shard=k, error=exc.message)
+                await app.quota.finished(batch_id, attempt, "failed", k,
+                                         dict.fromkeys((item.id for item in items), exc.detail()))
+                continue
+            failpoints.hit("submit.after_create")
+            await app.quota.created(batch_id, attempt, job.name, input_file, shard=k)
+            await app.quota.succeeded()
+            await self._hand_to_poll(batch_id, attempt, job.name, k)
+            log.info("shard.submitted", shard=k, shards=len(parts), job_name=job.name,
+                     items=len(items))
+            failpoints.hit("submit.between_shards")
+        await app.store.update(
+            batch_id, {"attempt": attempt, "status": ["submitting", "submitted"]},
+            status="submitted", job_name=None, input_file=None, last_error=None,
+            submitted_at=row["submitted_at"] or utcnow())
+        await shards.settle(app, msg, inp, stage="submit")  # all shards may be done already
+        return ACK
+
+    async def _refused(self, msg: Msg, inp: Input, row: asyncpg.Record,
+                       exc: PermanentError) -> Outcome:
+        """The Batch API refuses the batch (e.g. no batch endpoint for the model)."""
+        if not self.app.settings.fallback_to_online:
+            raise exc
+        # Retrying cannot help; the online path can.
+        log.warning("batch.fallback_online", error=exc.message)
+        await self.app.store.update(inp.request.batch_id, job_failures=row["job_failures"] + 1)
+        await self._online(msg, inp)
+        return ACK
+
+    async def _create(self, inp: Input, name: str, *, adopt: bool) -> tuple[Job, str | None]:
+        """Create a job named `name`, or adopt the one a crashed pod created."""
+        app = self.app
         if adopt:
             found = await app.gemini.find_job(name)
             if found is not None:
@@ -173,9 +235,11 @@ class Submit:
         await finish_attempt(self.app, msg, inp, inp.request.attempt, ingest.failures,
                              stage="submit", job_name=None, path="online")
 
-    async def _hand_to_poll(self, batch_id: str, attempt: int, job_name: str) -> None:
-        poll = PollRequest(batch_id=batch_id, job_name=job_name, attempt=attempt)
-        await publish(self.app.js, subjects.POLL, poll, subjects.poll_id(batch_id, attempt))
+    async def _hand_to_poll(self, batch_id: str, attempt: int, job_name: str,
+                            shard: int = 0) -> None:
+        poll = PollRequest(batch_id=batch_id, job_name=job_name, attempt=attempt, shard=shard)
+        await publish(self.app.js, subjects.POLL, poll,
+                      subjects.poll_id(batch_id, attempt, shard))
 
     async def reject(self, msg: Msg, error: InvalidMessage | PermanentError | RetryableError,
                      ) -> Outcome:

@@ -171,7 +171,7 @@ async def test_per_item_errors_retry_only_those_then_dead_letter(stack: Stack) -
 
 async def test_5mb_input_through_the_object_store(stack: Stack) -> None:
     """`batchyard publish` puts a 5 MB input in BATCH_INPUTS; it is uploaded as a file."""
-    await _pods(stack)
+    await _pods(stack, BATCHYARD_MAX_JOB_TOKENS="2000000")  # one job, not shards
     path = stack.tmp / "big.jsonl"
     text = "x" * 5000
     with path.open("wb") as f:
@@ -185,7 +185,8 @@ async def test_5mb_input_through_the_object_store(stack: Stack) -> None:
     assert proc.returncode == 0 and b"object input/big.jsonl" in out
     assert await wait_finished(stack, 1, timeout=120) == {"succeeded": 1}
     state = await stack.emulator.state()
-    assert [j["input_file"] for j in state["jobs"]] and state["jobs"][0]["input_file"]
+    assert [j["display_name"] for j in state["jobs"]] == ["big:0"]
+    assert state["jobs"][0]["input_file"]
     db = await stack.db()
     assert await db.fetchval("SELECT count(*) FROM batchyard.embeddings") == 1000
     await db.close()

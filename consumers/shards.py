@@ -1,0 +1,107 @@
+"""Batches too big for one job (CONTRACT §11): the split, and settling shard by shard.
+
+Shards are contiguous runs of the attempt's items, k = 1…n. The `jobs` table is the
+record: each shard's row holds its item count, so shard k starts where shards 1…k-1
+end, whatever BATCHYARD_MAX_JOB_TOKENS says by the time it is polled. A finished
+shard keeps its failed items in its row; the attempt settles once, when the rows of
+finished shards cover all of its items.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import msgspec
+from nats.aio.msg import Msg
+
+from consumers.app import App
+from consumers.finish import finish_attempt
+from consumers.inputs import Input
+from consumers.store import db_errors
+from events.payloads import ErrorDetail, Item
+
+FILE_MAX_BYTES = 2 * 1024**3  # the Batch API's input file limit
+# An input line's worst case: each text byte escaped as \u00XX, plus the line's framing.
+_ESCAPE, _FRAMING = 6, 192
+TERMINAL = frozenset({"succeeded", "failed", "cancelled", "expired"})
+_failures = msgspec.json.Decoder(dict[str, ErrorDetail])
+
+
+def split(items: list[Item], max_tokens: int, taken: list[int] | None = None,
+          ) -> list[list[Item]]:
+    """The fewest contiguous shards each under `max_tokens` and the file limit.
+
+    `taken` are the sizes of shards already recorded; the rest is split greedily. An
+    item larger than the limit on its own still gets a shard (it cannot be divided).
+    """
+    parts: list[list[Item]] = []
+    at = 0
+    for n in taken or ():
+        parts.append(items[at:at + n])
+        at += n
+    part: list[Item] = []
+    text = size = 0
+    for item in items[at:]:
+        b = len(item.text.encode())
+        line = _ESCAPE * b + len(item.id) + _FRAMING
+        if part and (-(-(text + b) // 4) > max_tokens or size + line > FILE_MAX_BYTES):
+            parts.append(part)
+            part, text, size = [], 0, 0
+        part.append(item)
+        text += b
+        size += line
+    if part:
+        parts.append(part)
+    return parts
+
+
+def needs_split(inp: Input, max_tokens: int) -> bool:
+    if inp.est_tokens() > max_tokens:
+        return True
+    return sum(_ESCAPE * len(i.text.encode()) + _FRAMING for i in inp.items) > FILE_MAX_BYTES
+
+
+async def rows(app: App, batch_id: str, attempt: int) -> list[asyncpg.Record]:
+    """The attempt's job rows, shard 0 (unsplit) or 1…n, in order."""
+    async with db_errors():
+        return list(await app.store.pool.fetch(
+            "SELECT * FROM batchyard.jobs WHERE batch_id = $1 AND attempt = $2 ORDER BY shard",
+            batch_id, attempt))
+
+
+async def plan(app: App, inp: Input) -> tuple[list[list[Item]], dict[int, asyncpg.Record]]:
+    """The attempt's shards and their rows so far; no shards when one job will do."""
+    req = inp.request
+    recorded = await rows(app, req.batch_id, req.attempt)
+    if any(r["shard"] == 0 for r in recorded):
+        return [], {}
+    limit = app.settings.max_job_tokens
+    if not recorded and not needs_split(inp, limit):
+        return [], {}
+    done = [int(r["items"]) for r in recorded if r["shard"] > 0]
+    return split(inp.items, limit, done), {int(r["shard"]): r for r in recorded}
+
+
+def part(inp: Input, recorded: list[asyncpg.Record], shard: int) -> Input:
+    """Shard `shard`'s items of the attempt."""
+    start = sum(int(r["items"]) for r in recorded if 0 < r["shard"] < shard)
+    size = next(int(r["items"]) for r in recorded if r["shard"] == shard)
+    return Input(inp.request, inp.items[start:start + size])
+
+
+async def settle(app: App, msg: Msg, inp: Input, *, stage: str) -> str | None:
+    """Finish the attempt if every one of its shards has; returns the new status or None."""
+    req = inp.request
+    recorded = [r for r in await rows(app, req.batch_id, req.attempt) if r["shard"] > 0]
+    if (not recorded or any(r["state"] not in TERMINAL for r in recorded)
+            or sum(int(r["items"]) for r in recorded) != len(inp.items)):
+        return None
+    failures: dict[str, ErrorDetail] = {}
+    for r in recorded:
+        if r["failures"]:
+            failures.update(_failures.decode(r["failures"]))
+    whole = any(r["state"] != "succeeded" for r in recorded)
+    last: Any = recorded[-1]["job_name"]
+    return await finish_attempt(app, msg, inp, req.attempt, failures, stage=stage,
+                                job_name=last, path="batch", whole_job_failed=whole)

@@ -1,0 +1,91 @@
+"""Input files whose job is over, left behind by a crash or a failed delete.
+
+File storage is finite (20 GB a project), so every input file goes once its job is
+terminal. The poll role deletes it then; this sweep catches what a crash or an error
+left. Only files named like our jobs (`<batch_id>:<attempt>[#<k>]`) are candidates,
+and of those only files whose job can no longer need them: nothing else is deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import NamedTuple
+
+import structlog
+
+from consumers import metrics
+from consumers.app import App
+from consumers.errors import AuthError, PermanentError, RetryableError
+from consumers.shards import TERMINAL
+from consumers.store import FINISHED, db_errors
+
+log = structlog.get_logger("batchyard.sweep")
+_NAME = re.compile(
+    r"(?P<batch>[A-Za-z0-9._:-]{1,128}):(?P<attempt>\d{1,9})(?:#(?P<shard>\d{1,9}))?")
+_STATES = """
+SELECT f.name, j.state, b.status, b.attempt
+FROM unnest($1::text[], $2::text[], $3::int[], $4::int[]) AS f(name, batch_id, attempt, shard)
+LEFT JOIN batchyard.jobs j USING (batch_id, attempt, shard)
+LEFT JOIN batchyard.batches b USING (batch_id)
+"""
+
+
+class Candidate(NamedTuple):
+    name: str
+    batch_id: str
+    attempt: int
+    shard: int
+
+
+def candidate(name: str, display_name: str) -> Candidate | None:
+    m = _NAME.fullmatch(display_name)
+    if m is None:
+        return None
+    return Candidate(name, m["batch"], int(m["attempt"]), int(m["shard"] or 0))
+
+
+def orphaned(job_state: str | None, batch_status: str | None, batch_attempt: int | None,
+             attempt: int) -> bool:
+    """Whether a file of (batch, attempt) can no longer be needed by its job."""
+    if job_state is not None:
+        return job_state in TERMINAL
+    # No job row: its creation was given up. The file is dead once the batch is gone,
+    # finished, or on a later attempt; until then a resumed creation may still use it.
+    return batch_status is None or batch_status in FINISHED or (batch_attempt or 0) > attempt
+
+
+async def sweep_files(app: App) -> int:
+    """Delete the input files of finished jobs; returns how many were deleted."""
+    found = [c for name, display, _ in await app.gemini.list_files()
+             if (c := candidate(name, display)) is not None]
+    if not found:
+        return 0
+    async with db_errors():
+        states = await app.store.pool.fetch(
+            _STATES, [c.name for c in found], [c.batch_id for c in found],
+            [c.attempt for c in found], [c.shard for c in found])
+    attempts = {c.name: c.attempt for c in found}
+    deleted = 0
+    for r in states:
+        if not orphaned(r["state"], r["status"], r["attempt"], attempts[r["name"]]):
+            continue
+        try:
+            await app.gemini.delete_file(r["name"])
+        except (RetryableError, PermanentError) as exc:  # gone already, or next sweep
+            log.info("file.sweep_skipped", file=r["name"], error=exc.message)
+            continue
+        deleted += 1
+        metrics.FILES_SWEPT.inc()
+        log.info("file.swept", file=r["name"])
+    return deleted
+
+
+async def sweep_forever(app: App) -> None:
+    """The poll role's periodic sweep, until cancelled; a bad key just skips a round."""
+    while True:
+        await asyncio.sleep(app.settings.file_sweep_interval)
+        try:
+            await sweep_files(app)
+        except (RetryableError, PermanentError, AuthError) as exc:
+            log.warning("file.sweep_failed", error=exc.message)

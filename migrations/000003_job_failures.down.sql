@@ -1,0 +1,1 @@
+ALTER TABLE batchyard.jobs DROP COLUMN IF EXISTS failures;

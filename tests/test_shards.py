@@ -1,0 +1,198 @@
+"""Batches too big for one job become shards; input files go once their job is over."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections import Counter
+
+import msgspec
+from google import genai
+from nats.aio.client import Client as NATS
+
+from events import jetstream as defs
+from events import subjects
+from events.payloads import Completed, Item, SubmitRequest, decode, encode_items_jsonl
+from tests.conftest import KEY
+from tests.harness import Stack, statuses, stream_messages, submit, wait_finished, wait_for
+
+NEW_KEY = "AIzaSyBatchyardTestKeyRotated0000000002"
+FINISHED_JOB = ("BATCH_STATE_SUCCEEDED", "BATCH_STATE_FAILED", "BATCH_STATE_CANCELLED",
+                "BATCH_STATE_EXPIRED")
+
+
+def _big(batch_id: str, n: int, size: int) -> SubmitRequest:
+    items = [Item(f"{batch_id}-{i}", f"{i:06d} " + "y" * size) for i in range(n)]
+    return SubmitRequest(batch_id=batch_id, items=items, output_dimensionality=8)
+
+
+async def _submit_via_object(nc: NATS, req: SubmitRequest) -> None:
+    """Items over max_payload go in BATCH_INPUTS, as `batchyard publish` puts them."""
+    store = await nc.jetstream().object_store(defs.BATCH_INPUTS)
+    name = f"input/{req.batch_id}.jsonl"
+    await store.put(name, encode_items_jsonl(req.items or []))
+    await submit(nc, msgspec.structs.replace(req, items=None, items_object=name))
+
+
+def _stale_inputs(state: dict) -> list[str]:
+    """Uploaded files whose job has finished (none may remain)."""
+    over = {j["display_name"] for j in state["jobs"] if j["state"] in FINISHED_JOB}
+    return [f["display_name"] for f in state["files"]
+            if f["source"] == "upload" and f["display_name"] in over]
+
+
+async def test_10000_items_in_shards_each_embedded_once_through_a_kill(stack: Stack) -> None:
+    """10,000 items over the per-job limit: several shards, one job each, even when a pod
+    is killed -9 between creating a shard and recording it; one batch.completed."""
+    limit = 300_000
+    env = {"BATCHYARD_MAX_JOB_TOKENS": str(limit), "BATCHYARD_FILE_SWEEP_INTERVAL": "1s"}
+    nc = await stack.nc()
+    await nc.jetstream().add_consumer(defs.BATCH, defs.SUBMIT.config.evolve(ack_wait=3.0))
+    doomed = await stack.pod("submit", BATCHYARD_FAILPOINTS="submit.after_create", **env)
+    for _ in range(2):
+        await stack.pod("poll", **env)
+    await _submit_via_object(nc, _big("huge", 10_000, 400))
+    assert await asyncio.wait_for(doomed.proc.wait(), 60) == -9
+    for _ in range(2):
+        await stack.pod("submit", **env)
+    assert await wait_finished(stack, 1, timeout=240) == {"succeeded": 1}
+
+    jobs = (await stack.emulator.state())["jobs"]
+    names = Counter(j["display_name"] for j in jobs)
+    assert len(names) >= 3 and set(names.values()) == {1}  # no shard created twice
+    assert set(names) == {f"huge:0#{k}" for k in range(1, len(names) + 1)}
+    assert sum(j["request_count"] for j in jobs) == 10_000
+    assert all(j["est_tokens"] <= limit for j in jobs)
+    assert "job.adopted" in stack.logs()
+    db = await stack.db()
+    assert await db.fetchval("SELECT count(DISTINCT item_id) FROM batchyard.embeddings "
+                             "WHERE batch_id = 'huge'") == 10_000
+    assert await db.fetchval("SELECT count(*) FROM batchyard.embeddings") == 10_000
+    row = await db.fetchrow("SELECT * FROM batchyard.batches")
+    assert (row["items_embedded"], row["job_name"], row["input_file"]) == (10_000, None, None)
+    shards = await db.fetch("SELECT shard, state, items FROM batchyard.jobs ORDER BY shard")
+    assert [r["shard"] for r in shards] == list(range(1, len(names) + 1))
+    assert {r["state"] for r in shards} == {"succeeded"}
+    completed = [decode(m, Completed) for m in await stream_messages(nc, subjects.COMPLETED)]
+    assert len(completed) == 1 and completed[0].items_embedded == 10_000
+    assert completed[0].job_name == next(j["name"] for j in jobs
+                                         if j["display_name"] == f"huge:0#{len(names)}")
+    # The killed pod's upload is known to no row: the sweep finds it.
+    await wait_for(lambda: _no_stale_inputs(stack), 30, what="input files of finished jobs gone")
+    await db.close()
+    await nc.close()
+
+
+async def _no_stale_inputs(stack: Stack) -> bool:
+    return not _stale_inputs(await stack.emulator.state())
+
+
+async def test_shard_with_item_errors_retries_only_those(stack: Stack) -> None:
+    """Per-item errors in shards: the next attempt carries just the failed items of all
+    shards; the batch ends succeeded or partial with every item accounted for once."""
+    await stack.emulator.set_faults(item_error_rate=0.05, seed=5)
+    env = {"BATCHYARD_MAX_JOB_TOKENS": "10000"}
+    for _ in range(2):
+        await stack.pod("submit", **env)
+        await stack.pod("poll", **env)
+    nc = await stack.nc()
+    await submit(nc, _big("spots", 3000, 40))
+    counts = await wait_finished(stack, 1, timeout=180)
+    jobs = (await stack.emulator.state())["jobs"]
+    first = [j for j in jobs if j["display_name"].startswith("spots:0#")]
+    assert len(first) >= 3
+    failed0 = sum(j["failed_requests"] for j in first)
+    retried = sum(j["request_count"] for j in jobs if j["display_name"].startswith("spots:1"))
+    assert 0 < failed0 == retried < 3000
+    db = await stack.db()
+    row = await db.fetchrow("SELECT * FROM batchyard.batches")
+    embedded = await db.fetchval("SELECT count(*) FROM batchyard.embeddings")
+    assert row["items_embedded"] == embedded and embedded + row["items_failed"] == 3000
+    assert counts == {"succeeded" if row["items_failed"] == 0 else "partial": 1}
+    assert len(await stream_messages(nc, subjects.COMPLETED)) == 1
+    await db.close()
+    await nc.close()
+
+
+async def test_expiry_while_shards_run_parks_and_resumes_them(stack: Stack) -> None:
+    """The key expires while shards run: each shard's poll parks; after rotation the same
+    jobs finish and the batch completes once."""
+    await stack.emulator.set_faults(job_pending_s=1, job_running_s=600)
+    await stack.emulator.set_key(NEW_KEY, "valid")
+    env = {"BATCHYARD_MAX_JOB_TOKENS": "5000"}
+    for _ in range(2):
+        await stack.pod("submit", "poll", **env)
+        await stack.pod("recovery", "key-health", **env)
+    nc = await stack.nc()
+    await submit(nc, _big("tide", 600, 60))
+    db = await stack.db()
+    await wait_for(lambda: db.fetchval(
+        "SELECT status = 'submitted' FROM batchyard.batches"), 60, what="all shards created")
+    shards = await db.fetchval("SELECT count(*) FROM batchyard.jobs")
+    assert shards >= 3
+    await stack.emulator.set_key(KEY, "expired")
+    await wait_for(lambda: _parked(stack, shards), 60, what="every shard's poll parked")
+    assert await statuses(db) == {"auth_failed": 1}
+    stack.key_file.write_text(NEW_KEY + "\n")
+    await nc.jetstream().publish(subjects.KEY_ROTATED, b"")
+    await wait_for(lambda: db.fetchval(
+        "SELECT status = 'submitted' FROM batchyard.batches"), 60, what="polls replayed")
+    await stack.emulator.advance(600)
+    assert await wait_finished(stack, 1, timeout=120) == {"succeeded": 1}
+    names = Counter(j["display_name"] for j in (await stack.emulator.state())["jobs"])
+    assert len(names) == shards and set(names.values()) == {1}
+    assert await db.fetchval("SELECT count(*) FROM batchyard.embeddings") == 600
+    await wait_for(lambda: _parked_none(nc), 30, what="BATCH_PARKED empty")
+    assert len(await stream_messages(nc, subjects.COMPLETED)) == 1
+    await db.close()
+    await nc.close()
+
+
+async def _parked_none(nc: NATS) -> bool:
+    return (await nc.jetstream().stream_info(defs.BATCH_PARKED)).state.messages == 0
+
+
+async def _parked(stack: Stack, n: int) -> bool:
+    nc = await stack.nc()
+    try:
+        return (await nc.jetstream().stream_info(defs.BATCH_PARKED)).state.messages >= n
+    finally:
+        await nc.close()
+
+
+async def test_sweep_deletes_only_input_files_no_job_needs(stack: Stack) -> None:
+    """Orphaned input files go; files of running jobs, live attempts and others stay."""
+    client = genai.Client(api_key=KEY, http_options={"base_url": stack.emulator.url})
+
+    async def upload(display_name: str) -> str:
+        f = await client.aio.files.upload(
+            file=io.BytesIO(b'{"key": "a", "request": {}}\n'),
+            config={"mime_type": "application/jsonl", "display_name": display_name})
+        return str(f.name)
+
+    db = await stack.db()
+    await db.execute("""
+        INSERT INTO batchyard.batches (batch_id, status, model, items_total, attempt)
+        VALUES ('done', 'succeeded', 'm', 1, 0), ('live', 'submitted', 'm', 1, 0),
+               ('moved', 'pending_submission', 'm', 1, 1), ('waiting', 'submitting', 'm', 1, 0)
+    """)
+    await db.execute("""
+        INSERT INTO batchyard.jobs (batch_id, attempt, shard, display_name, state, items,
+                                    est_tokens)
+        VALUES ('done', 0, 2, 'done:0#2', 'succeeded', 1, 1),
+               ('live', 0, 0, 'live:0', 'running', 1, 1)
+    """)
+    gone = {await upload(n) for n in ("done:0#2", "moved:0", "nobody:3")}
+    kept = {await upload(n) for n in ("live:0", "waiting:0", "keep-me", "done", "done:0#x")}
+    await stack.pod("poll", BATCHYARD_FILE_SWEEP_INTERVAL="1s")
+
+    async def swept() -> bool:
+        names = {f["name"] for f in (await stack.emulator.state())["files"]}
+        return not (gone & names)
+
+    await wait_for(swept, 30, what="orphans swept")
+    await asyncio.sleep(2)  # another round or two: nothing else goes
+    names = {f["name"] for f in (await stack.emulator.state())["files"]}
+    assert kept <= names and not (gone & names)
+    assert stack.logs().count('"file.swept"') == 3
+    await db.close()
