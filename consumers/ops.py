@@ -106,6 +106,12 @@ async def batch(app: App, batch_id: str) -> dict[str, Any] | None:
     out = dict(row)
     out["embeddings_stored"] = await app.store.pool.fetchval(
         "SELECT count(*) FROM batchyard.embeddings WHERE batch_id = $1", batch_id)
+    out["jobs"] = [
+        {k: r[k] for k in ("attempt", "shard", "state", "job_name", "items", "est_tokens",
+                           "input_file")}
+        for r in await app.store.pool.fetch(
+            "SELECT * FROM batchyard.jobs WHERE batch_id = $1 ORDER BY attempt, shard",
+            batch_id)]
     return out
 
 

@@ -7,6 +7,7 @@ the command read.
 
 from __future__ import annotations
 
+from consumers import shards
 from consumers.app import App
 from consumers.errors import BatchyardError
 from consumers.inputs import load_input, next_attempt
@@ -71,16 +72,22 @@ async def cancel(app: App, batch_id: str) -> str:
             return f"no batch {batch_id!r}"
         if row["status"] in FINISHED:
             return f"batch {batch_id} is already {row['status']}: nothing done"
-        note = ""
-        if row["job_name"] and row["status"] == "submitted":
-            try:
-                await app.gemini.cancel_job(row["job_name"])
-                note = f", job {row['job_name']} cancelled"
-            except BatchyardError as exc:
-                note = f", job {row['job_name']} not cancelled ({exc.message})"
+        notes = []
+        for job in await shards.rows(app, batch_id, int(row["attempt"])):
+            if job["state"] in shards.TERMINAL:
+                continue
+            if job["job_name"]:
+                try:
+                    await app.gemini.cancel_job(job["job_name"])
+                    notes.append(f", job {job['job_name']} cancelled")
+                except BatchyardError as exc:
+                    notes.append(f", job {job['job_name']} not cancelled ({exc.message})")
+            # Its admission slot is free now, and the sweep may take its input file.
+            await app.quota.finished(batch_id, int(row["attempt"]), "cancelled",
+                                     int(job["shard"]))
         changed = await app.store.update(batch_id, {"status": row["status"],
                                                     "attempt": row["attempt"]},
                                          status="cancelled")
     if not changed:
         return f"batch {batch_id} changed meanwhile: nothing done"
-    return f"cancelled batch {batch_id} (was {row['status']}){note}"
+    return f"cancelled batch {batch_id} (was {row['status']}){''.join(notes)}"

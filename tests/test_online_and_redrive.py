@@ -154,5 +154,8 @@ async def test_redrive_commands_twice_at_once_act_once(stack: Stack) -> None:
     assert halt["state"] == "BATCH_STATE_CANCELLED"
     assert await db.fetchval("SELECT status FROM batchyard.batches "
                              "WHERE batch_id = 'halt'") == "cancelled"
+    # Its admission slot is given back: a cancelled job no longer counts as active.
+    assert await db.fetchval("SELECT state FROM batchyard.jobs "
+                             "WHERE batch_id = 'halt'") == "cancelled"
     await db.close()
     await nc.close()

@@ -7,6 +7,7 @@ import io
 from collections import Counter
 
 import msgspec
+import pytest
 from google import genai
 from nats.aio.client import Client as NATS
 
@@ -41,14 +42,17 @@ def _stale_inputs(state: dict) -> list[str]:
             if f["source"] == "upload" and f["display_name"] in over]
 
 
-async def test_10000_items_in_shards_each_embedded_once_through_a_kill(stack: Stack) -> None:
+@pytest.mark.parametrize("failpoint", ["submit.after_create", "submit.between_shards"])
+async def test_10000_items_in_shards_each_embedded_once_through_a_kill(
+        stack: Stack, failpoint: str) -> None:
     """10,000 items over the per-job limit: several shards, one job each, even when a pod
-    is killed -9 between creating a shard and recording it; one batch.completed."""
+    is killed -9 between two shard creations (before or after recording the first);
+    one batch.completed."""
     limit = 300_000
     env = {"BATCHYARD_MAX_JOB_TOKENS": str(limit), "BATCHYARD_FILE_SWEEP_INTERVAL": "1s"}
     nc = await stack.nc()
     await nc.jetstream().add_consumer(defs.BATCH, defs.SUBMIT.config.evolve(ack_wait=3.0))
-    doomed = await stack.pod("submit", BATCHYARD_FAILPOINTS="submit.after_create", **env)
+    doomed = await stack.pod("submit", BATCHYARD_FAILPOINTS=failpoint, **env)
     for _ in range(2):
         await stack.pod("poll", **env)
     await _submit_via_object(nc, _big("huge", 10_000, 400))
@@ -63,7 +67,7 @@ async def test_10000_items_in_shards_each_embedded_once_through_a_kill(stack: St
     assert set(names) == {f"huge:0#{k}" for k in range(1, len(names) + 1)}
     assert sum(j["request_count"] for j in jobs) == 10_000
     assert all(j["est_tokens"] <= limit for j in jobs)
-    assert "job.adopted" in stack.logs()
+    assert ("job.adopted" in stack.logs()) == (failpoint == "submit.after_create")
     db = await stack.db()
     assert await db.fetchval("SELECT count(DISTINCT item_id) FROM batchyard.embeddings "
                              "WHERE batch_id = 'huge'") == 10_000
@@ -196,3 +200,27 @@ async def test_sweep_deletes_only_input_files_no_job_needs(stack: Stack) -> None
     assert kept <= names and not (gone & names)
     assert stack.logs().count('"file.swept"') == 3
     await db.close()
+
+
+async def test_shards_failing_whole_go_round_then_online(stack: Stack) -> None:
+    """Every shard's job fails: the attempt goes round whole, and after two whole
+    failures the items are embedded online; each item once, one batch.completed."""
+    await stack.emulator.set_faults(job_outcome="failed")
+    env = {"BATCHYARD_MAX_JOB_TOKENS": "1000"}
+    for _ in range(2):
+        await stack.pod("submit", **env)
+        await stack.pod("poll", **env)
+    nc = await stack.nc()
+    await submit(nc, _big("storm", 300, 40))
+    assert await wait_finished(stack, 1, timeout=180) == {"succeeded": 1}
+    names = Counter(j["display_name"] for j in (await stack.emulator.state())["jobs"])
+    per_attempt = Counter(n.split("#")[0] for n in names)
+    assert set(names.values()) == {1} and set(per_attempt) == {"storm:0", "storm:1"}
+    assert min(per_attempt.values()) >= 3
+    db = await stack.db()
+    row = await db.fetchrow("SELECT * FROM batchyard.batches")
+    assert (row["attempt"], row["job_failures"], row["embed_path"]) == (2, 2, "online")
+    assert await db.fetchval("SELECT count(DISTINCT item_id) FROM batchyard.embeddings") == 300
+    assert len(await stream_messages(nc, subjects.COMPLETED)) == 1
+    await db.close()
+    await nc.close()
