@@ -48,6 +48,10 @@ demo: deps
 bench: deps
 	PYTHONWARNINGS=ignore $(BIN)/python -m tests.benchmarks
 
+# The chaos suite's full profile (CI runs its short profile inside `make test`).
+chaos: deps
+	PYTHONWARNINGS=ignore $(BIN)/python -m tests.chaos --profile full --out build/chaos-report.json $(CHAOS_ARGS)
+
 streams-export: venv
 	$(BIN)/batchyard streams export deploy/nats
 

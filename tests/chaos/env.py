@@ -97,7 +97,16 @@ class World:
 async def connect(url: str) -> NATS:
     """A client that rides out restarts and failovers (a cluster URL is comma-separated)."""
     return await nats.connect(servers=url.split(","), connect_timeout=2,
-                              max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+                              max_reconnect_attempts=-1, reconnect_time_wait=0.2,
+                              error_cb=_quiet, disconnected_cb=_nothing, reconnected_cb=_nothing)
+
+
+async def _quiet(exc: Exception) -> None:
+    """Outages are what the suite causes: the client's reconnect errors are expected."""
+
+
+async def _nothing() -> None:
+    pass
 
 
 async def _database(pg: PostgresServer, name: str) -> str:

@@ -6,11 +6,13 @@ import asyncio
 import random
 from dataclasses import dataclass, field
 
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 
 from events import subjects
 from events.payloads import Item, SubmitRequest, encode
-from events.publisher import publish
+from events.publisher import PublishError, publish
 
 MODELS = ("gemini-embedding-001", "text-embedding-004")
 
@@ -55,14 +57,29 @@ def good_batch(batch_id: str, rng: random.Random, max_items: int, *,
                          output_dimensionality=8, source="chaos")
 
 
+async def publish_sure(js: JetStreamContext, subject: str, data: bytes, msg_id: str,
+                       budget: float = 120.0) -> PubAck:
+    """Publish until the stream acknowledges, through restarts and leader elections."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget
+    while True:
+        try:
+            return await publish(js, subject, data, msg_id, budget=10)
+        except (PublishError, NatsError, TimeoutError):
+            # no stream leader yet (nats-py's NoStreamResponseError), or no ack in time
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
 async def publish_good(js: JetStreamContext, ledger: Ledger, req: SubmitRequest,
                        msg_id: str | None = None) -> bool:
     """Publish a batch.submit (its contract id unless told); True when the stream stored it."""
     loop = asyncio.get_running_loop()
     if ledger.first_publish is None:
         ledger.first_publish = loop.time()
-    ack = await publish(js, subjects.SUBMIT, encode(req),
-                        msg_id or subjects.submit_id(req.batch_id, req.attempt), budget=120)
+    ack = await publish_sure(js, subjects.SUBMIT, encode(req),
+                             msg_id or subjects.submit_id(req.batch_id, req.attempt))
     if ack.duplicate:
         ledger.deduplicated += 1
         return False

@@ -12,6 +12,7 @@ class Profile:
     batches: int  # good batches in most scenarios
     kill_batches: int  # batches of the kill -9 run
     kill_every: float  # seconds between two kills
+    kill_span: float  # seconds the kill run's publishing is spread over
     hostile: int  # malformed and hostile messages in the property-based stream
     good_every: int  # one good batch per this many hostile messages
     drain_timeout: float  # bound on the wait for every batch to settle
@@ -24,9 +25,9 @@ class Profile:
 
 
 PROFILES = {
-    "short": Profile(name="short", batches=36, kill_batches=80, kill_every=3.0, hostile=10_000,
+    "short": Profile(name="short", batches=36, kill_batches=80, kill_every=3.0, kill_span=30.0, hostile=10_000,
                      good_every=250, drain_timeout=150.0, max_items=40),
-    "full": Profile(name="full", batches=300, kill_batches=1000, kill_every=3.0, hostile=12_000,
+    "full": Profile(name="full", batches=300, kill_batches=1000, kill_every=3.0, kill_span=120.0, hostile=12_000,
                     good_every=60, drain_timeout=900.0, max_items=60),
 }
 

@@ -16,11 +16,10 @@ from nats.aio.msg import Msg
 from events import jetstream as defs
 from events import subjects
 from events.payloads import SubmitRequest
-from events.publisher import publish
 from tests.chaos import hostile
 from tests.chaos.env import World, consumer_numbers, wait
 from tests.chaos.invariant import FINAL
-from tests.chaos.ledger import Accepted, good_batch, publish_all, publish_good
+from tests.chaos.ledger import Accepted, good_batch, publish_all, publish_good, publish_sure
 
 
 async def settled(w: World) -> bool:
@@ -90,15 +89,18 @@ async def kill9(w: World) -> None:
 
     task = asyncio.create_task(killer())
     try:
-        chunk = max(1, len(reqs) // 20)
-        for start in range(0, len(reqs), chunk):
+        chunk = max(1, len(reqs) // 40)
+        for start in range(0, len(reqs), chunk):  # spread over kill_span seconds
             await _publish(w, reqs[start:start + chunk])
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(w.profile.kill_span / 40)
         await finished_at_least(w, int(len(reqs) * 0.9), timeout=w.profile.drain_timeout)
     finally:
         stop.set()
         await task
     await drain(w)
+
+
+NATS_DOWN_S = 12.0  # longer than a JetStream API request's timeout (10 s in the pods)
 
 
 async def nats_restart(w: World) -> None:
@@ -111,7 +113,7 @@ async def nats_restart(w: World) -> None:
     await finished_at_least(w, 3)
     await w.nats.stop()
     w.fault("nats_restart")
-    await asyncio.sleep(3)
+    await asyncio.sleep(NATS_DOWN_S)
     await w.nats.start()
     w.mark()
     await _publish(w, reqs[half:])
@@ -161,7 +163,7 @@ async def _rotate(w: World, key: str) -> None:
     await w.emulator.set_key(key, "valid")
     w.keys.add(key)
     w.stack.key_file.write_text(key + "\n")
-    await publish(w.js, subjects.KEY_ROTATED, b"", f"chaos-rotated:{key[-8:]}")
+    await publish_sure(w.js, subjects.KEY_ROTATED, b"", f"chaos-rotated:{key[-8:]}")
     w.fault("key_rotated")
 
 
@@ -274,12 +276,11 @@ async def hostile_stream(w: World) -> None:
     async def one(i: int, h: hostile.Hostile) -> None:
         async with sem:
             if h.kind == "valid":
-                ack = await publish(w.js, subjects.SUBMIT, h.data, f"chaos-valid:{i}", budget=120)
+                ack = await publish_sure(w.js, subjects.SUBMIT, h.data, f"chaos-valid:{i}")
                 w.ledger.accepted[h.batch_id] = _accepted(h)
                 w.ledger.published += 1
             else:
-                ack = await publish(w.js, subjects.SUBMIT, h.data, f"chaos-hostile:{i}",
-                                    budget=120)
+                ack = await publish_sure(w.js, subjects.SUBMIT, h.data, f"chaos-hostile:{i}")
                 w.ledger.invalid[ack.seq] = h.data
             kinds[h.kind] = kinds.get(h.kind, 0) + 1
             if i % w.profile.good_every == 0:
