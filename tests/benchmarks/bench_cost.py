@@ -45,15 +45,16 @@ async def _run(pods_per_role: int, round_: int) -> dict[str, Any]:
         env = {**os.environ, "NATS_URL": natsd.url, "DATABASE_URL": pg.url,
                "GEMINI_API_KEY": KEY, "GEMINI_BASE_URL": emu.url, "BATCHYARD_HTTP_PORT": "0",
                "BATCHYARD_POLL_INTERVAL": "200ms", "BATCHYARD_LOG_LEVEL": "warning"}
-        pods = []
+        pods, roles = [], []
         for _ in range(pods_per_role):
             for role in ("submit", "poll"):
+                roles.append(role)
                 prof = ["-m", "cProfile", "-o", f"/tmp/bench-{role}.prof"] \
                     if os.environ.get("BENCH_PROFILE") else []
                 pods.append(await asyncio.create_subprocess_exec(
                     sys.executable, *prof, "-m", "consumers", "run", role, env=env))
         await asyncio.sleep(2)
-        base = sum(_cpu_seconds(p.pid) for p in pods)
+        base = [_cpu_seconds(p.pid) for p in pods]
         start = time.perf_counter()
         for b in range(BATCHES):
             items = [Item(f"r{round_}-b{b}-{i}", f"def function_{i}(x):\n    return x * {i}  # {b}")
@@ -68,8 +69,10 @@ async def _run(pods_per_role: int, round_: int) -> dict[str, Any]:
                 break
             await asyncio.sleep(0.1)
         elapsed = time.perf_counter() - start
-        cpu = sum(_cpu_seconds(p.pid) for p in pods) - base
+        used = [_cpu_seconds(p.pid) - b for p, b in zip(pods, base, strict=True)]
+        cpu = sum(used)
         stored = await db.fetchval("SELECT count(*) FROM batchyard.embeddings")
+        calls = (await emu.state())["calls"].get(KEY, {})
         for p in pods:
             p.terminate()
         for p in pods:
@@ -80,7 +83,11 @@ async def _run(pods_per_role: int, round_: int) -> dict[str, Any]:
     assert stored == items, (stored, items)
     return {"pods_per_role": pods_per_role, "items": items, "seconds": round(elapsed, 2),
             "items_per_s": round(items / elapsed), "batches_per_s": round(BATCHES / elapsed, 2),
-            "cpu_s_per_1000_items": round(cpu / items * 1000, 3)}
+            "cpu_s_per_1000_items": round(cpu / items * 1000, 3),
+            "cpu_s_per_1000_items_by_role": {
+                role: round(sum(u for r, u in zip(roles, used, strict=True) if r == role)
+                            / items * 1000, 3) for role in ("submit", "poll")},
+            "gemini_calls": calls}
 
 
 async def main() -> dict[str, Any]:
