@@ -11,6 +11,8 @@ import pytest
 from google import genai
 from nats.aio.client import Client as NATS
 
+from consumers.shards import split
+from consumers.sweep import candidate, orphaned
 from events import jetstream as defs
 from events import subjects
 from events.payloads import Completed, Item, SubmitRequest, decode, encode_items_jsonl
@@ -224,3 +226,23 @@ async def test_shards_failing_whole_go_round_then_online(stack: Stack) -> None:
     assert len(await stream_messages(nc, subjects.COMPLETED)) == 1
     await db.close()
     await nc.close()
+
+
+def test_split_is_the_fewest_contiguous_shards_under_the_limit() -> None:
+    items = [Item(f"i{n}", "x" * 40) for n in range(25)]  # 10 tokens each
+    parts = split(items, 100)
+    assert [len(p) for p in parts] == [10, 10, 5]
+    assert [i for p in parts for i in p] == items
+    assert [len(p) for p in split(items, 100, taken=[7])] == [7, 10, 8]  # recorded sizes hold
+    assert [len(p) for p in split([Item("big", "x" * 1000), *items[:3]], 100)] == [1, 3]
+    assert split([], 100) == []
+
+
+def test_sweep_candidates_are_only_our_job_names() -> None:
+    assert candidate("files/a", "b:1:0#2") == ("files/a", "b:1", 0, 2)
+    assert candidate("files/a", "b:7") == ("files/a", "b", 7, 0)
+    for other in ("", "b", "b:x", "b:1#", "b:1#x", "b 1:0", "a" * 129 + ":0"):
+        assert candidate("files/a", other) is None
+    assert orphaned("succeeded", "submitted", 0, 0) and not orphaned("running", None, None, 0)
+    assert orphaned(None, None, None, 0) and orphaned(None, "partial", 0, 0)
+    assert orphaned(None, "submitting", 2, 1) and not orphaned(None, "submitting", 1, 1)
