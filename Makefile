@@ -46,6 +46,7 @@ demo: deps
 	$(BIN)/batchyard demo
 
 bench: deps
+	$(BIN)/pip install -q -e '.[test,bench]'
 	PYTHONWARNINGS=ignore $(BIN)/python -m tests.benchmarks
 
 # The chaos suite's full profile (CI runs its short profile inside `make test`).

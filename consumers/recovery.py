@@ -17,6 +17,7 @@ import msgspec
 import structlog
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import ConsumerInfo
 from nats.js.errors import NotFoundError
 
 from consumers import metrics
@@ -68,16 +69,22 @@ async def replay_one(app: App, data: bytes, seq: int) -> str | None:
 
 
 async def drain(app: App) -> int:
-    """Pull the `replay` consumer until BATCH_PARKED is empty or the key goes bad again.
+    """Pull the `replay` consumer until nothing is left for it or the key goes bad again.
 
-    Up to IN_FLIGHT fetched batches are replayed at once while the next is fetched.
+    Up to IN_FLIGHT fetched batches are replayed at once while the next is fetched. The
+    drain ends when the last message fetched reports no more pending on the consumer
+    (no empty fetch waits out its timeout), or at once when nothing is parked.
     """
+    info = await app.js.consumer_info(defs.BATCH_PARKED, defs.REPLAY.name)
+    waiting = info.num_pending + info.num_ack_pending
+    if not waiting:
+        await _purge_below(app, info)
+        return 0
     sub = await app.js.pull_subscribe_bind(durable=defs.REPLAY.name, stream=defs.BATCH_PARKED)
     replayed = 0
     pending: set[asyncio.Task[int]] = set()
     try:
-        info = await app.js.stream_info(defs.BATCH_PARKED)
-        rounds = info.state.messages // 16 + 10  # bounded: what is parked now, and a margin
+        rounds = waiting // 16 + 10  # bounded: what is parked now, and a margin
         since_purge = 0
         for _ in range(rounds):
             if not app.guard.usable(app.keys.fingerprint):
@@ -95,6 +102,8 @@ async def drain(app: App) -> int:
             if since_purge >= PURGE_EVERY:
                 await _forget_replayed(app)
                 since_purge = 0
+            if msgs[-1].metadata.num_pending == 0:
+                break
         if pending:
             replayed += sum(await asyncio.gather(*pending))
             pending = set()
@@ -149,7 +158,10 @@ async def _replay_batch(app: App, msgs: list[Msg]) -> int:
 async def _forget_replayed(app: App) -> None:
     """Remove replayed messages: everything below the replay consumer's ack floor."""
     await app.nc.flush()
-    info = await app.js.consumer_info(defs.BATCH_PARKED, defs.REPLAY.name)
+    await _purge_below(app, await app.js.consumer_info(defs.BATCH_PARKED, defs.REPLAY.name))
+
+
+async def _purge_below(app: App, info: ConsumerInfo) -> None:
     floor = info.ack_floor.stream_seq if info.ack_floor else 0
     if floor:
         await app.js.purge_stream(defs.BATCH_PARKED, seq=floor + 1)

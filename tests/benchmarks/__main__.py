@@ -19,6 +19,10 @@ def table(r: dict) -> str:
     rows = [
         ("runtime no-op vs raw fetch(100)+ack", f"{rt['ratio_runtime_to_raw']}x",
          f"{rt['msg_per_s']['runtime_c100']} vs {rt['msg_per_s']['raw_fetch100_ack']} msg/s"),
+        *((("FastStream pull(100) no-op vs raw", f"{rt['ratio_faststream_to_raw']}x",
+            f"{rt['msg_per_s']['faststream_pull100']} msg/s "
+            f"({rt['msg_per_s']['faststream_pull100_logging']} with its logging)"),)
+          if "ratio_faststream_to_raw" in rt else ()),
         *((f"ingest {d} vs raw copy_records_to_table", f"{ing[d]['ratio']}x",
            f"{ing[d]['ingest_rows_per_s']} vs {ing[d]['raw_copy_rows_per_s']} rows/s")
           for d in ("768d", "3072d")),
