@@ -81,6 +81,17 @@ class World:
             await self.stack.pod(*roles)
         await self.stack.started(timeout=120)
 
+    def crashed(self) -> list[Pod]:
+        """Pods that exited without being killed on purpose."""
+        return [p for p in self.stack.pods
+                if p.proc.returncode is not None and p.proc.pid not in self.killed]
+
+    async def until(self, cond: Any, timeout: float, every: float = 0.5) -> bool:
+        """`wait` that gives up early once a pod has crashed (the verdict is fail then)."""
+        async def done() -> bool:
+            return bool(self.crashed()) or bool(await cond())
+        return await wait(done, timeout, every) and not self.crashed()
+
     def live_pods(self) -> list[Pod]:
         return [p for p in self.stack.pods if p.proc.returncode is None]
 

@@ -47,9 +47,10 @@ class Ledger:
 
 
 def good_batch(batch_id: str, rng: random.Random, max_items: int, *,
-               model: str | None = None, text_chars: int = 0) -> SubmitRequest:
+               model: str | None = None, text_chars: int = 0, n: int = 0) -> SubmitRequest:
     """A valid batch: a few online-sized ones, most for the Batch API, small vectors."""
-    n = rng.randint(3, 10) if rng.random() < 0.15 else rng.randint(11, max_items)
+    if not n:
+        n = rng.randint(3, 10) if rng.random() < 0.15 else rng.randint(11, max_items)
     filler = "x" * text_chars
     items = [Item(f"{batch_id}-{i}", f"chunk {i} of {batch_id}: def f{i}(): pass {filler}")
              for i in range(n)]

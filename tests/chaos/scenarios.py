@@ -17,7 +17,7 @@ from events import jetstream as defs
 from events import subjects
 from events.payloads import SubmitRequest
 from tests.chaos import hostile
-from tests.chaos.env import World, consumer_numbers, wait
+from tests.chaos.env import World, consumer_numbers
 from tests.chaos.invariant import FINAL
 from tests.chaos.ledger import Accepted, good_batch, publish_all, publish_good, publish_sure
 
@@ -42,7 +42,9 @@ async def settled(w: World) -> bool:
 async def drain(w: World) -> None:
     """Wait until settled; record the seconds since the last fault or publish."""
     start = time.monotonic()
-    ok = await wait(lambda: settled(w), w.profile.drain_timeout, every=1.0)
+    ok = await w.until(lambda: settled(w), w.profile.drain_timeout, every=1.0)
+    if w.crashed():
+        w.figures["drain_stopped"] = f"{len(w.crashed())} pods crashed"
     end = time.monotonic()
     since = max(w.last_fault or 0.0, w.figures.get("last_publish", 0.0)) or start
     w.figures["drained"] = ok
@@ -58,7 +60,7 @@ async def finished_at_least(w: World, n: int, timeout: float = 90) -> bool:
         finally:
             await db.close()
         return int(got) >= n
-    return await wait(enough, timeout)
+    return await w.until(enough, timeout)
 
 
 def _batches(w: World, prefix: str, n: int, max_items: int = 0) -> list[SubmitRequest]:
@@ -179,7 +181,7 @@ async def key_rotation(w: World) -> None:
     await w.emulator.set_key(w.stack.key, "expired")  # expiry 1, jobs still running
     w.fault("key_expired")
     await _publish(w, waves[1])
-    await wait(lambda: _ge(_parked(w), n // 2), 60)
+    await w.until(lambda: _ge(_parked(w), n // 2), 60)
     await asyncio.sleep(2)
 
     valid = asyncio.Queue[bytes]()
@@ -201,7 +203,7 @@ async def key_rotation(w: World) -> None:
         await _publish(w, waves[2])
         await asyncio.sleep(3)
         await _rotate(w, keys[1])
-        await wait(lambda: _eq(_parked(w), 0), 60)
+        await w.until(lambda: _eq(_parked(w), 0), 60)
         await finished_at_least(w, n * 2, timeout=90)
 
         await _publish(w, waves[3])
@@ -213,7 +215,7 @@ async def key_rotation(w: World) -> None:
     finally:
         await sub.unsubscribe()
     await drain(w)
-    w.figures["key_valid_messages"] = valid.qsize()
+    w.figures["key_valid_messages"] = valid.qsize() + 1
 
 
 async def _ge(value: Awaitable[int], n: int) -> bool:
@@ -235,16 +237,15 @@ async def emulator_faults(w: World) -> None:
     await w.pods()
     reqs = _batches(w, "f", w.profile.batches)
     # Requests over 1 MiB go through files, whose results are downloaded (slowly).
-    big = [good_batch(f"fbig{i}", w.rng, 40, text_chars=30_000) for i in range(2)]
+    big = [good_batch(f"fbig{i}", w.rng, 40, text_chars=30_000, n=40) for i in range(2)]
     stop = asyncio.Event()
 
     async def bursts() -> None:
         while not stop.is_set():
+            await w.emulator.set_faults(**FAULTS, rate_limit_burst=20)
+            w.fault("429_burst")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 6)
-            if not stop.is_set():
-                await w.emulator.set_faults(**FAULTS, rate_limit_burst=20)
-                w.fault("429_burst")
+                await asyncio.wait_for(stop.wait(), 4)
 
     task = asyncio.create_task(bursts())
     try:
