@@ -1,11 +1,16 @@
-"""Result ingestion (read, parse, validate, upsert) vs raw copy_records_to_table."""
+"""Result ingestion (read, parse, validate, upsert) vs raw copy_records_to_table, and the
+peak RSS of ingesting a 10k and a 100k item results file, each in a fresh process."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import resource
+import sys
+import tempfile
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -58,6 +63,62 @@ async def ours(pool: asyncpg.Pool, data: bytes, n: int, dims: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def write_results_file(path: Path, n: int, dims: int) -> None:
+    """A results file of `n` lines, written line by line (100 distinct vectors reused)."""
+    rng = random.Random(7)
+    vectors = [msgspec.json.encode([rng.uniform(-1, 1) for _ in range(dims)])
+               for _ in range(100)]
+    with path.open("wb") as f:
+        for k in range(n):
+            f.write(b'{"key":"i%d","response":{"embedding":{"values":%s}}}\n'
+                    % (k, vectors[k % 100]))
+
+
+async def _ingest_file(db_url: str, path: Path, n: int, dims: int) -> dict[str, int]:
+    """In this process: ingest `path` as a results file arrives, chunk by chunk."""
+    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
+    assert pool is not None
+    inp = Input(SubmitRequest(batch_id="b", items=[Item(f"i{k}", "t") for k in range(n)],
+                              model="m", output_dimensionality=dims), [])
+    inp = Input(inp.request, inp.request.items or [])
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    ingest = Ingest(SimpleNamespace(store=Store(pool)), inp)  # type: ignore[arg-type]
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            await ingest.feed(chunk)
+    await ingest.finish()
+    assert len(ingest.embedded) == n and not ingest.failures
+    await pool.close()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"rss_before_ingest_kb": before, "peak_rss_kb": peak}
+
+
+async def peak_rss(db_url: str, sizes: tuple[int, ...] = (10_000, 100_000),
+                   dims: int = 768) -> dict[str, Any]:
+    """Peak RSS of ingesting each size in a fresh process (the parent's memory apart)."""
+    out: dict[str, Any] = {"dims": dims}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            path = Path(tmp) / f"results-{n}.jsonl"
+            write_results_file(path, n, dims)
+            conn = await asyncpg.connect(db_url)
+            await conn.execute("TRUNCATE batchyard.embeddings")
+            await conn.close()
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tests.benchmarks.bench_ingest", "--rss", db_url,
+                str(path), str(n), str(dims), stdout=asyncio.subprocess.PIPE)
+            data, _ = await proc.communicate()
+            assert proc.returncode == 0, proc.returncode
+            got = msgspec.json.decode(data)
+            out[f"{n}"] = {"file_mb": round(path.stat().st_size / 1e6),
+                           "peak_rss_mb": round(got["peak_rss_kb"] / 1024, 1),
+                           "rss_before_ingest_mb": round(got["rss_before_ingest_kb"] / 1024, 1)}
+            os.unlink(path)
+    small, large = (out[f"{n}"]["peak_rss_mb"] for n in (sizes[0], sizes[-1]))
+    out["ratio_large_to_small"] = round(large / small, 3)
+    return out
+
+
 async def main(n: int = 10_000) -> dict[str, Any]:
     out: dict[str, Any] = {}
     async with postgres_server() as pg:
@@ -79,11 +140,15 @@ async def main(n: int = 10_000) -> dict[str, Any]:
                                "ingest_rows_per_s": round(max(mine)),
                                "ratio": round(max(mine) / max(raw), 3)}
         await pool.close()
-    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        out["peak_rss"] = await peak_rss(pg.url)
     return out
 
 
 if __name__ == "__main__":
     import json
 
-    print(json.dumps(asyncio.run(main()), indent=2))
+    if sys.argv[1:2] == ["--rss"]:
+        url, file, count, dims = sys.argv[2:6]
+        print(json.dumps(asyncio.run(_ingest_file(url, Path(file), int(count), int(dims)))))
+    else:
+        print(json.dumps(asyncio.run(main()), indent=2))
