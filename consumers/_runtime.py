@@ -10,16 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
 import random
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import ConnectionClosedError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 
 from consumers import metrics
@@ -114,6 +115,72 @@ class Runtime:
                 tg.create_task(_Loop(self, role).run(), name=f"consume-{role.name}")
 
 
+# Status codes that end a pull request in the ordinary way: nothing there now, expired.
+_QUIET = frozenset({"", "404", "408", "timeout"})
+
+
+class _Pull:
+    """Pull requests for one durable consumer, answered on a private inbox.
+
+    nats-py's `fetch()` awaits every message of a batch under its own timeout (a task
+    per message, the bulk of a fast handler's cost). Here one subscription callback takes
+    messages as they arrive and hands each to `take`; a request is over when its batch is
+    full or a status message ends it (404 nothing there, 408 expired, 409 and 503 trouble).
+    Every request has its own reply subject, so a late status of an earlier request is
+    ignored; a late message is taken all the same (it was delivered and must be settled).
+    """
+
+    def __init__(self, js: JetStreamContext, consumer: Consumer, take: Callable[[Msg], None]):
+        self._nc = js._nc
+        self._subject = f"{js._prefix}.CONSUMER.MSG.NEXT.{consumer.stream}.{consumer.name}"
+        self._take = take
+        self._inbox = ""
+        self._reply = ""
+        self._seq = 0
+        self._want = 0
+        self._done: asyncio.Future[str] | None = None
+        self._sub: Subscription | None = None
+
+    async def open(self) -> None:
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            await sub.unsubscribe()
+
+    async def pull(self, batch: int, expires: float) -> str:
+        """Ask for up to `batch` messages for `expires` seconds; how the request ended:
+        "" (batch full), the status code, or "timeout" (no answer: a reconnect lost it)."""
+        self._seq += 1
+        self._reply = f"{self._inbox}.{self._seq}"
+        self._want = batch
+        done = self._done = asyncio.get_running_loop().create_future()
+        request = {"batch": batch, "expires": int(expires * 1e9)}
+        try:
+            await self._nc.publish(self._subject, json.dumps(request).encode(),
+                                   reply=self._reply)
+            return await asyncio.wait_for(done, expires + 1.0)
+        except TimeoutError:
+            return "timeout"
+        finally:
+            self._done = None
+
+    async def _on_msg(self, msg: Msg) -> None:
+        status = msg.headers.get("Status") if msg.headers and not msg.data else None
+        if status is None:
+            self._take(msg)
+            self._want -= 1
+            if self._want > 0:
+                return
+            status = ""
+        elif msg.subject != self._reply or status == "100":  # an earlier request's; heartbeat
+            return
+        if self._done is not None and not self._done.done():
+            self._done.set_result(status)
+
+
 class _Loop:
     """One role's pull loop: a fetcher, `concurrency` workers and a heartbeat."""
 
@@ -129,23 +196,31 @@ class _Loop:
 
     async def run(self) -> None:
         rt, role = self.rt, self.role
-        sub = await rt.js.pull_subscribe_bind(
-            durable=role.consumer.name, stream=role.consumer.stream,
-            pending_msgs_limit=rt.concurrency * 4)
+        pull = _Pull(rt.js, role.consumer, self._take)
+        await pull.open()
         rt.bound.add(role.name)
         try:
             async with asyncio.TaskGroup() as tg:
                 workers = [tg.create_task(self._work()) for _ in range(rt.concurrency)]
                 beat = tg.create_task(self._heartbeat())
-                await self._fetch(sub)
+                await self._fetch(pull)
+                await self._close(pull)
                 await self._drain(workers)
                 beat.cancel()
         finally:
             rt.bound.discard(role.name)
-            try:
-                await sub.unsubscribe()
-            except Exception:  # the connection may already be closed
-                pass
+            await self._close(pull)
+
+    @staticmethod
+    async def _close(pull: _Pull) -> None:
+        try:
+            await pull.close()
+        except Exception:  # the connection may already be closed
+            pass
+
+    def _take(self, msg: Msg) -> None:
+        self.inflight[id(msg)] = (msg, time.monotonic())
+        self.queue.put_nowait(msg)
 
     async def _wait(self, aw: Awaitable[object]) -> bool:
         """Await `aw` unless stop comes first; False when stopping."""
@@ -159,7 +234,7 @@ class _Loop:
                 task.cancel()
         return not self.rt.stop.is_set()
 
-    async def _fetch(self, sub: JetStreamContext.PullSubscription) -> None:
+    async def _fetch(self, pull: _Pull) -> None:
         while not self.rt.stop.is_set():
             room = self.rt.concurrency - len(self.inflight)
             if room <= 0:
@@ -169,19 +244,16 @@ class _Loop:
             if not await self._wait(self.role.ready()):
                 break
             try:
-                msgs = await sub.fetch(room, timeout=self.rt.fetch_timeout)
-            except (NatsTimeoutError, TimeoutError):
-                continue
+                ended = await pull.pull(room, self.rt.fetch_timeout)
             except ConnectionClosedError:
                 break
             except Exception as exc:  # a reconnect in progress: wait, then fetch again
                 log.warning("fetch.failed", role=self.role.name, error=repr(exc))
                 await self._wait(asyncio.sleep(0.5))
                 continue
-            now = time.monotonic()
-            for msg in msgs:
-                self.inflight[id(msg)] = (msg, now)
-                self.queue.put_nowait(msg)
+            if ended not in _QUIET:  # 409 (e.g. leader change), 503 (no JetStream yet)
+                log.warning("fetch.failed", role=self.role.name, status=ended)
+                await self._wait(asyncio.sleep(0.5))
 
     async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
         deadline = time.monotonic() + self.rt.drain_timeout

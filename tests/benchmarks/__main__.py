@@ -26,11 +26,16 @@ def table(r: dict) -> str:
         *((f"ingest {d} vs raw copy_records_to_table", f"{ing[d]['ratio']}x",
            f"{ing[d]['ingest_rows_per_s']} vs {ing[d]['raw_copy_rows_per_s']} rows/s")
           for d in ("768d", "3072d")),
+        ("ingest peak RSS, 100k vs 10k items", f"{ing['peak_rss']['ratio_large_to_small']}x",
+         f"{ing['peak_rss']['100000']['peak_rss_mb']} vs {ing['peak_rss']['10000']['peak_rss_mb']}"
+         " MB"),
         ("replay parked vs raw publish_async", f"{rec['ratio']}x",
          f"{rec['replay_per_s']} vs {rec['raw_publish_async_per_s']} msg/s"),
         ("key.valid to first replay", f"{rec['key_valid_to_first_replay_s']} s", ""),
         *((f"cost, {c['pods_per_role']} pod(s) per role", f"{c['cpu_s_per_1000_items']} cpu-s/1k",
-           f"{c['items_per_s']} items/s, {c['batches_per_s']} batches/s") for c in cost),
+           f"{c['items_per_s']} items/s, {c['batches_per_s']} batches/s; submit "
+           f"{c['cpu_s_per_1000_items_by_role']['submit']}, poll "
+           f"{c['cpu_s_per_1000_items_by_role']['poll']}") for c in cost),
     ]
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{a:<{width}}  {b:>16}  {c}" for a, b, c in rows)
