@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import resource
 import sys
 import tempfile
 import time
@@ -74,6 +73,15 @@ def write_results_file(path: Path, n: int, dims: int) -> None:
                     % (k, vectors[k % 100]))
 
 
+def _status_kb(field: str) -> int:
+    """A field of /proc/self/status in kB: VmHWM is this process's peak RSS (ru_maxrss
+    would not do: Linux carries it over exec from the parent that forked the process)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise LookupError(field)
+
+
 async def _ingest_file(db_url: str, path: Path, n: int, dims: int) -> dict[str, int]:
     """In this process: ingest `path` as a results file arrives, chunk by chunk."""
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
@@ -81,7 +89,7 @@ async def _ingest_file(db_url: str, path: Path, n: int, dims: int) -> dict[str, 
     inp = Input(SubmitRequest(batch_id="b", items=[Item(f"i{k}", "t") for k in range(n)],
                               model="m", output_dimensionality=dims), [])
     inp = Input(inp.request, inp.request.items or [])
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _status_kb("VmRSS")
     ingest = Ingest(SimpleNamespace(store=Store(pool)), inp)  # type: ignore[arg-type]
     with path.open("rb") as f:
         while chunk := f.read(CHUNK):
@@ -89,7 +97,7 @@ async def _ingest_file(db_url: str, path: Path, n: int, dims: int) -> dict[str, 
     await ingest.finish()
     assert len(ingest.embedded) == n and not ingest.failures
     await pool.close()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _status_kb("VmHWM")
     return {"rss_before_ingest_kb": before, "peak_rss_kb": peak}
 
 
