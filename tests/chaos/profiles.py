@@ -17,6 +17,7 @@ class Profile:
     good_every: int  # one good batch per this many hostile messages
     drain_timeout: float  # bound on the wait for every batch to settle
     max_items: int  # the largest ordinary batch
+    bursts: int  # bursts of 429s in emulator_faults, one every 4 s
 
     @property
     def scenario_timeout(self) -> float:
@@ -26,9 +27,9 @@ class Profile:
 
 PROFILES = {
     "short": Profile(name="short", batches=36, kill_batches=80, kill_every=3.0, kill_span=30.0, hostile=10_000,
-                     good_every=250, drain_timeout=150.0, max_items=40),
+                     good_every=250, drain_timeout=150.0, max_items=40, bursts=5),
     "full": Profile(name="full", batches=300, kill_batches=1000, kill_every=3.0, kill_span=120.0, hostile=12_000,
-                    good_every=60, drain_timeout=900.0, max_items=60),
+                    good_every=60, drain_timeout=900.0, max_items=60, bursts=20),
 }
 
 
