@@ -327,7 +327,9 @@ class _Loop:
             return await step
         except (PublishError, BatchyardError) as exc:
             log.warning("settle.failed", error=str(exc))
-            return nak(backoff(msg.metadata.num_delivered), "retry")
+        except Exception as exc:  # a bug must not take the pod down with it
+            log.exception("settle.crashed", error=repr(exc))
+        return nak(backoff(msg.metadata.num_delivered), "retry")
 
     async def _heartbeat(self) -> None:
         every = (self.role.consumer.config.ack_wait or 30.0) / 6

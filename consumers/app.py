@@ -6,6 +6,8 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import nats.errors
+import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.object_store import ObjectStore
@@ -18,6 +20,8 @@ from consumers.quota import Quota
 from consumers.settings import Settings
 from consumers.store import Store
 from events import jetstream as defs
+
+log = structlog.get_logger("batchyard")
 
 
 def utcnow() -> datetime:
@@ -65,5 +69,10 @@ class App:
 
 
 async def _close_nats(nc: NATS) -> None:
-    if not nc.is_closed:
+    if nc.is_closed:
+        return
+    try:
         await nc.drain()
+    except (nats.errors.Error, TimeoutError) as exc:  # reconnecting: nothing left to flush
+        log.warning("nats.drain_failed", error=repr(exc))
+        await nc.close()

@@ -11,6 +11,7 @@ import asyncio
 
 import structlog
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 
 from consumers._runtime import ACK, Outcome, backoff, term
 from consumers.app import App, utcnow
@@ -53,8 +54,9 @@ class KeyHealthRole:
         while True:
             try:
                 await self.check()
-            except (RetryableError, PublishError) as exc:
-                log.warning("key.check_failed", error=str(exc))
+            except (RetryableError, PublishError, NatsError, TimeoutError) as exc:
+                # NATS or the database is away for a while: the next round checks again.
+                log.warning("key.check_failed", error=repr(exc))
             await asyncio.sleep(self.app.settings.key_check_interval)
 
     async def check(self, rotated: bool = False) -> str | None:
@@ -102,11 +104,12 @@ class KeyHealthRole:
     async def _stranded(self, fingerprint: str, revision: int) -> None:
         """The key is valid yet messages are parked (parked by a pod that had not seen
         the new key when the last drain ran): announce key.valid again for them."""
-        info = await self.app.js.stream_info(defs.BATCH_PARKED)
-        if info.state.messages:
-            log.info("key.parked_while_valid", parked=info.state.messages)
-            await self._announce(fingerprint, "valid", "", revision,
-                                 suffix=f":{info.state.first_seq}")
+        # Not the stream's count: replayed messages stay in it until the next purge.
+        info = await self.app.js.consumer_info(defs.BATCH_PARKED, defs.REPLAY.name)
+        if info.num_pending:
+            floor = info.ack_floor.stream_seq if info.ack_floor else 0
+            log.info("key.parked_while_valid", parked=info.num_pending)
+            await self._announce(fingerprint, "valid", "", revision, suffix=f":{floor}")
 
     async def _announce(self, fingerprint: str, state: str, reason: str, revision: int,
                         suffix: str = "") -> None:

@@ -33,7 +33,7 @@ def original(data: bytes) -> Any:
     """The message as a JSON value when it parses, else its text with bad UTF-8 replaced."""
     try:
         return _id.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return data.decode("utf-8", errors="replace")
 
 

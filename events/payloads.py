@@ -208,6 +208,8 @@ def decode(data: bytes, typ: type[T]) -> T:
         return dec.decode(data)  # type: ignore[no-any-return,unused-ignore]
     except UnicodeDecodeError as exc:
         raise InvalidMessage(f"not valid UTF-8: {exc.reason}") from None
+    except RecursionError:
+        raise InvalidMessage("JSON nested too deeply") from None
     except msgspec.ValidationError as exc:
         raise InvalidMessage(_reason(str(exc))) from None
     except msgspec.DecodeError as exc:
@@ -234,6 +236,8 @@ def decode_items_jsonl(data: bytes) -> list[Item]:
             items.append(dec.decode(line))
         except UnicodeDecodeError:
             raise InvalidMessage(f"items_object: line {n}: not valid UTF-8") from None
+        except RecursionError:
+            raise InvalidMessage(f"items_object: line {n}: JSON nested too deeply") from None
         except msgspec.ValidationError as exc:
             raise InvalidMessage(f"items_object: line {n}: {_reason(str(exc))}") from None
         except msgspec.DecodeError as exc:

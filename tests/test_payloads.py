@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from consumers.letters import original
 from events import (
     Completed,
     InvalidMessage,
@@ -142,3 +143,15 @@ def test_arbitrary_bytes_never_raise_anything_else(data: bytes) -> None:
         decode(data, SubmitRequest)
     except InvalidMessage as exc:
         assert exc.reason
+
+
+@pytest.mark.parametrize("data", [
+    b'{"extra": ' + b"[" * 100_000 + b"]" * 100_000 + b', "batch_id": "b", "items": []}',
+    b'{"batch_id": "b", "items": [{"id": "a", "text": ' + b"[" * 100_000 + b"}]}",
+    b"[" * 100_000,
+])
+def test_deep_nesting_is_an_invalid_message(data: bytes) -> None:
+    """A hostile, deeply nested message is rejected like any bad one, never a crash."""
+    with pytest.raises(InvalidMessage):
+        decode(data, SubmitRequest)
+    assert isinstance(original(data), str | list | dict)
