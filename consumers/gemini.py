@@ -184,13 +184,27 @@ class Gemini:
     async def create_job(self, model: str, display_name: str, *, file_name: str | None = None,
                          texts: list[str] | None = None, config: dict[str, Any] | None = None,
                          ) -> Job:
-        """Create an embeddings batch job from an uploaded file or inlined texts."""
-        src: dict[str, Any] = ({"file_name": file_name} if file_name is not None else
-                               {"inlined_requests": {"contents": texts, "config": config or None}})
+        """Create an embeddings batch job from an uploaded file or inlined texts.
+
+        Inlined texts go as the body `batches.create_embeddings` would send, through the
+        SDK's own API client: its request building validates every text with pydantic,
+        most of a submit pod's CPU for large batches.
+        """
         async with self._call("batches.create"):
-            job = await (await self._aio()).batches.create_embeddings(
-                model=model, src=src, config={"display_name": display_name})
-        return _job(job)
+            aio = await self._aio()
+            if file_name is not None:
+                job = await aio.batches.create_embeddings(
+                    model=model, src={"file_name": file_name},
+                    config={"display_name": display_name})
+                return _job(job)
+            extra = {_CAMEL[k]: v for k, v in (config or {}).items() if v is not None}
+            requests = [{"request": {"content": {"parts": [{"text": t}], "role": "user"},
+                                     **extra}} for t in texts or ()]
+            body = {"batch": {"displayName": display_name,
+                              "inputConfig": {"requests": {"requests": requests}}}}
+            path = f"{genai_names.t_model(aio._api_client, model)}:asyncBatchEmbedContent"
+            resp = await aio._api_client.async_request("post", path, body, None)
+            return _raw_job(resp.body, "")
 
     async def get_job(self, name: str) -> Job:
         """The job's state and, once it has them, its inlined results.
@@ -326,6 +340,10 @@ class _Operation(msgspec.Struct):
 
 
 _operation = msgspec.json.Decoder(_Operation)
+
+
+_CAMEL = {"task_type": "taskType", "output_dimensionality": "outputDimensionality",
+          "title": "title"}
 
 
 def _raw_job(body: str | bytes, name: str) -> Job:

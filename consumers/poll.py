@@ -146,7 +146,7 @@ class Poll:
             ingest = await ingest_file(self.app, inp, job.output_file)
         else:
             ingest = await ingest_inline(self.app, inp, job.inline or [])
-        log.info("job.ingested", embedded=len(ingest.embedded), failed=len(ingest.failures))
+        log.info("job.ingested", embedded=ingest.embedded, failed=len(ingest.failures))
         return ingest.failures, False
 
     async def _forget_input(self, input_file: str | None) -> None:

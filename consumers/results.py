@@ -68,9 +68,11 @@ class Ingest:
         self.model = inp.model
         self.dims = inp.dims
         self.order = [item.id for item in inp.items]
-        self.wanted = set(self.order)
+        # Positions, not fresh key strings: memory stays at the input's own ids.
+        self.position = {key: n for n, key in enumerate(self.order)}
+        self.done = bytearray(len(self.order))
+        self.embedded = 0
         self.rows: list[tuple[str, np.ndarray]] = []
-        self.embedded: set[str] = set()
         self.failures: dict[str, ErrorDetail] = {}
         self.unexpected = 0
         self._index = 0
@@ -80,16 +82,19 @@ class Ingest:
         if key is None and self._index < len(self.order):
             key = self.order[self._index]  # lines come in input order
         self._index += 1
-        if key not in self.wanted or key in self.embedded:
+        at = self.position.get(key) if key is not None else None
+        if at is None or self.done[at]:
             self.unexpected += 1
             return
+        key = self.order[at]
         if values is not None and error is None:
             with np.errstate(over="ignore"):  # out-of-range values become inf: rejected
                 vector = np.asarray(values, dtype=np.float32)
             why = check_vector(vector, self.dims)
             if why is None:
                 self.failures.pop(key, None)
-                self.embedded.add(key)
+                self.done[at] = 1
+                self.embedded += 1
                 self.rows.append((key, vector))
                 return
             error = ErrorDetail(status="INVALID_EMBEDDING", message=why)
@@ -131,8 +136,10 @@ class Ingest:
             self._parse(self._tail)
             self._tail = b""
         await self.flush()
-        for key in self.wanted - self.embedded - self.failures.keys():
-            self.failures[key] = ErrorDetail(status="MISSING", message="no result for this item")
+        for key, done in zip(self.order, self.done, strict=True):
+            if not done and key not in self.failures:
+                self.failures[key] = ErrorDetail(status="MISSING",
+                                                 message="no result for this item")
         if self.unexpected:
             log.warning("results.unexpected_keys", batch_id=self.batch_id, count=self.unexpected)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -123,7 +122,7 @@ class Store:
             try:
                 async with conn.transaction():
                     await conn.copy_to_table("embeddings", schema_name="batchyard",
-                                             source=io.BytesIO(data), columns=COLUMNS,
+                                             source=_chunks(data), columns=COLUMNS,
                                              format="binary")
                 return
             except asyncpg.UniqueViolationError:
@@ -133,6 +132,12 @@ class Store:
                     "CREATE TEMP TABLE IF NOT EXISTS embeddings_in "
                     "(item_id text, model text, batch_id text, dims integer, embedding real[]) "
                     "ON COMMIT DELETE ROWS")
-                await conn.copy_to_table("embeddings_in", source=io.BytesIO(data),
+                await conn.copy_to_table("embeddings_in", source=_chunks(data),
                                          columns=COLUMNS, format="binary")
                 await conn.execute(_WRITE_EMBEDDINGS)
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    """COPY data as an async iterable: asyncpg reads a file-like source through a thread,
+    and its reader keeps the buffer in a reference cycle until a full collection."""
+    yield data

@@ -58,7 +58,7 @@ async def ours(pool: asyncpg.Pool, data: bytes, n: int, dims: int) -> float:
     for at in range(0, len(data), CHUNK):
         await ingest.feed(data[at:at + CHUNK])
     await ingest.finish()
-    assert len(ingest.embedded) == n and not ingest.failures
+    assert ingest.embedded == n and not ingest.failures
     return n / (time.perf_counter() - start)
 
 
@@ -95,7 +95,7 @@ async def _ingest_file(db_url: str, path: Path, n: int, dims: int) -> dict[str, 
         while chunk := f.read(CHUNK):
             await ingest.feed(chunk)
     await ingest.finish()
-    assert len(ingest.embedded) == n and not ingest.failures
+    assert ingest.embedded == n and not ingest.failures
     await pool.close()
     peak = _status_kb("VmHWM")
     return {"rss_before_ingest_kb": before, "peak_rss_kb": peak}
