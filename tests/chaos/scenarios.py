@@ -11,6 +11,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 import msgspec
 from nats.aio.msg import Msg
 
@@ -40,7 +41,33 @@ async def settled(w: World) -> bool:
     return open_ == 0
 
 
-AFTER_CRASH_S = 30.0
+STALL_S = 20.0
+
+
+async def _open_batches(w: World) -> int:
+    try:
+        db = await w.db()
+    except (OSError, asyncpg.PostgresError):
+        return len(w.ledger.accepted)
+    try:
+        return int(await db.fetchval(
+            "SELECT count(*) FROM batchyard.batches WHERE batch_id = ANY($1) "
+            "AND status <> ALL($2)", list(w.ledger.accepted), list(FINAL)))
+    except (OSError, asyncpg.PostgresError):
+        return len(w.ledger.accepted)
+    finally:
+        await db.close()
+
+
+async def _while_progress(w: World, deadline: float) -> bool:
+    """Wait for settled while batches keep finishing (none for STALL_S: give up)."""
+    best, since = await _open_batches(w), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < STALL_S:
+        if await wait(lambda: settled(w), 2.0, every=1.0):
+            return True
+        if (now := await _open_batches(w)) < best:
+            best, since = now, time.monotonic()
+    return False
 
 
 async def drain(w: World) -> None:
@@ -51,8 +78,7 @@ async def drain(w: World) -> None:
         # The verdict is fail already; the pods left get a while to finish the work, so
         # the report tells a crash from lost work.
         w.figures["pods_crashed_during_run"] = len(w.crashed())
-        left = w.profile.drain_timeout - (time.monotonic() - start)
-        ok = await wait(lambda: settled(w), max(0.0, min(left, AFTER_CRASH_S)), every=1.0)
+        ok = await _while_progress(w, start + w.profile.drain_timeout)
     end = time.monotonic()
     since = max(w.last_fault or 0.0, w.figures.get("last_publish", 0.0)) or start
     w.figures["drained"] = ok

@@ -15,18 +15,7 @@ pytestmark = pytest.mark.timeout(PROFILE.scenario_timeout + runner.CHECK_TIMEOUT
 
 # Confirmed batchyard defects, each with its reproduction in the reason (strict: a fix
 # turns the xfail into a failure that says to remove the entry).
-DEFECTS: dict[str, str] = {
-    "nats_restart": (
-        "key-health pods exit 1 after a nats-server outage longer than a JetStream request's "
-        "timeout: KeyHealthRole.background() (consumers/key_health.py) catches only "
-        "RetryableError and PublishError, so a nats TimeoutError from the KV read/write or "
-        "from stream_info(BATCH_PARKED) in _stranded() escapes into the pod's TaskGroup"),
-    "hostile_stream": (
-        "a batch.submit nested ~1000+ levels deep kills every submit pod that fetches it "
-        "(a poison message: redelivered to the next pod): letters.original() "
-        "(consumers/letters.py) decodes the whole message and lets msgspec's RecursionError "
-        "out, and Runtime._guard (consumers/_runtime.py) does not contain it"),
-}
+DEFECTS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("name", [
