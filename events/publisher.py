@@ -10,12 +10,13 @@ from nats.errors import ConnectionClosedError, NoRespondersError, OutboundBuffer
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
-from nats.js.errors import APIError, ServiceUnavailableError
+from nats.js.errors import APIError, NoStreamResponseError, ServiceUnavailableError
 
 from events.payloads import encode
 
-_TRANSIENT = (NatsTimeoutError, NoRespondersError, ServiceUnavailableError,
-              OutboundBufferLimitError, TimeoutError, ConnectionError)
+# NoStreamResponseError: no stream leader yet (an election in a cluster).
+_TRANSIENT = (NatsTimeoutError, NoRespondersError, NoStreamResponseError,
+              ServiceUnavailableError, OutboundBufferLimitError, TimeoutError, ConnectionError)
 
 
 class PublishError(RuntimeError):

@@ -102,6 +102,14 @@ class Stack:
     def logs(self) -> str:
         return "\n".join(p.text() for p in self.pods)
 
+    async def cli(self, *args: str) -> tuple[int, str]:
+        """Run `batchyard ARGS...` against this stack: its exit code and its output."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "consumers", *args, env=self.env(),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        return proc.returncode or 0, out.decode()
+
     async def nc(self) -> NATS:
         return await nats.connect(self.natsd.url)
 

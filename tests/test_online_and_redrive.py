@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import sys
 
 from events import subjects
 from events.payloads import Dead, decode
@@ -12,12 +11,9 @@ from tests.harness import Stack, batch, stream_messages, submit, wait_finished, 
 
 
 async def _cli(stack: Stack, *args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "consumers", *args, env=stack.env(),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await proc.communicate()
-    assert proc.returncode == 0, out
-    return out.decode()
+    code, out = await stack.cli(*args)
+    assert code == 0, out
+    return out
 
 
 async def _jobs(stack: Stack) -> list[dict]:

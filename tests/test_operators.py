@@ -19,11 +19,7 @@ from tests.harness import Stack, batch, statuses, submit, wait_finished, wait_fo
 
 
 async def _cli(stack: Stack, *args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "consumers", *args, env=stack.env(),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await proc.communicate()
-    return proc.returncode or 0, out.decode()
+    return await stack.cli(*args)
 
 
 async def _json(stack: Stack, *args: str) -> Any:
