@@ -13,7 +13,6 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -229,29 +228,17 @@ class Gemini:
         """The job with this display_name, if any (crash adoption), within `max_pages`."""
         async with self._call("batches.list"):
             pager = await (await self._aio()).batches.list(config={"page_size": 100})
-            for _ in range(max_pages):
-                for job in pager.page:
-                    if job.display_name == display_name:
-                        return _job(job)
-                try:
-                    await pager.next_page()
-                except IndexError:
-                    break
+            async for job in _listed(pager, max_pages):
+                if job.display_name == display_name:
+                    return _job(job)
         return None
 
-    async def list_files(self, max_pages: int = 100) -> list[tuple[str, str, datetime | None]]:
-        """The project's files as (name, display_name, create_time), up to `max_pages`."""
-        found: list[tuple[str, str, datetime | None]] = []
+    async def list_files(self, max_pages: int = 100) -> list[tuple[str, str]]:
+        """The project's files as (name, display_name), up to `max_pages`."""
         async with self._call("files.list"):
             pager = await (await self._aio()).files.list(config={"page_size": 100})
-            for _ in range(max_pages):
-                found.extend((str(f.name), f.display_name or "", f.create_time)
-                             for f in pager.page if f.name)
-                try:
-                    await pager.next_page()
-                except IndexError:
-                    break
-        return found
+            return [(str(f.name), f.display_name or "")
+                    async for f in _listed(pager, max_pages) if f.name]
 
     async def download(self, file_name: str, write: Callable[[bytes], Awaitable[None]]) -> None:
         """Stream a results file to `write`, chunk by chunk (never files.get: 42-char ids)."""
@@ -271,6 +258,17 @@ class Gemini:
             resp = await (await self._aio()).models.embed_content(
                 model=model, contents=texts, config=config or None)
         return [e.values for e in (resp.embeddings or [])]
+
+
+async def _listed(pager: Any, max_pages: int) -> AsyncIterator[Any]:
+    """Every entry of an SDK pager, page after page, up to `max_pages`."""
+    for _ in range(max_pages):
+        for entry in pager.page:
+            yield entry
+        try:
+            await pager.next_page()
+        except IndexError:
+            return
 
 
 _STATES = {"JOB_STATE_QUEUED": "pending", "JOB_STATE_PENDING": "pending",

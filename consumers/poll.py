@@ -6,6 +6,8 @@ a job that fails whole spends an attempt of every item in it.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import asyncpg
 import structlog
 from nats.aio.msg import Msg
@@ -15,10 +17,10 @@ from consumers._runtime import ACK, Outcome, nak, term
 from consumers.app import App, utcnow
 from consumers.errors import AuthError, PermanentError, RetryableError
 from consumers.finish import finish_attempt
-from consumers.gemini import Job
+from consumers.gemini import TERMINAL, Job
 from consumers.inputs import Input, load_input
 from consumers.results import ingest_file, ingest_inline
-from consumers.sweep import sweep_forever
+from consumers.sweep import forget_file, sweep_forever
 from events import jetstream as defs
 from events.payloads import ErrorDetail, InvalidMessage, PollRequest, decode
 
@@ -59,20 +61,13 @@ class Poll:
             log.info("poll.skipped", reason="not this attempt's running job",
                      status=row["status"] if row else None)
             return ACK
-        job = await app.gemini.get_job(req.job_name)
+        polled = await app.gemini.get_job(req.job_name)
         if row["status"] == "auth_failed":
             # Parked at this stage and replayed (or redelivered) before the row moved back.
             await app.store.update(req.batch_id, {"attempt": req.attempt,
                                                   "status": "auth_failed"}, status="submitted")
-        if not job.done:
-            waited = (utcnow() - row["submitted_at"]).total_seconds() if row["submitted_at"] \
-                else 0.0
-            if waited < app.settings.max_wait:
-                return nak(app.settings.poll_interval, "waiting")
-            # Stuck: cancel it and let the attempt fail whole, so its items go round again.
-            log.warning("job.stuck", waited_s=round(waited), state=job.state)
-            await app.gemini.cancel_job(job.name)
-            job = Job(name=job.name, display_name=job.display_name, state="cancelled")
+        if (job := await self._finished(polled, row["submitted_at"])) is None:
+            return nak(app.settings.poll_interval, "waiting")
         async with app.store.claim(req.batch_id) as claimed:
             if not claimed:
                 return nak(app.settings.poll_interval, "busy")
@@ -84,7 +79,8 @@ class Poll:
             failures, whole = await self._results(job, inp)
             await finish_attempt(app, msg, inp, req.attempt, failures, stage="poll",
                                  job_name=job.name, path="batch", whole_job_failed=whole)
-        await self._forget_input(row["input_file"])
+        if row["input_file"]:
+            await forget_file(app, row["input_file"])
         return ACK
 
     async def _shard(self, msg: Msg, req: PollRequest) -> Outcome:
@@ -99,17 +95,12 @@ class Poll:
                      status=row["status"] if row else None)
             return ACK
         job = None
-        if mine["state"] not in shards.TERMINAL:
+        if mine["state"] not in TERMINAL:
             job = await app.gemini.get_job(req.job_name)
             if row["status"] == "auth_failed":
                 await self._unpark_shards(row, recorded)
-            if not job.done:
-                waited = (utcnow() - mine["created_at"]).total_seconds()
-                if waited < app.settings.max_wait:
-                    return nak(app.settings.poll_interval, "waiting")
-                log.warning("job.stuck", waited_s=round(waited), state=job.state, shard=k)
-                await app.gemini.cancel_job(job.name)
-                job = Job(name=job.name, display_name=job.display_name, state="cancelled")
+            if (job := await self._finished(job, mine["created_at"])) is None:
+                return nak(app.settings.poll_interval, "waiting")
         async with app.store.claim(batch_id) as claimed:
             if not claimed:
                 return nak(app.settings.poll_interval, "busy")
@@ -118,14 +109,28 @@ class Poll:
                 return ACK
             recorded = await shards.rows(app, batch_id, req.attempt)
             inp = await load_input(app, int(row["input_seq"]))
-            if job is not None and any(r["shard"] == k and r["state"] not in shards.TERMINAL
+            if job is not None and any(r["shard"] == k and r["state"] not in TERMINAL
                                        for r in recorded):
                 # Results first, then the row: a crash in between is redone, not lost.
                 failures, _ = await self._results(job, shards.part(inp, recorded, k))
                 await app.quota.finished(batch_id, req.attempt, job.state, k, failures)
             await shards.settle(app, msg, inp, stage="poll")
-        await self._forget_input(mine["input_file"])
+        if mine["input_file"]:
+            await forget_file(app, mine["input_file"])
         return ACK
+
+    async def _finished(self, job: Job, since: datetime | None) -> Job | None:
+        """The job once it is over; None while it may still run. One unfinished after
+        BATCHYARD_MAX_WAIT is cancelled, so that the attempt fails whole and its items
+        go round again."""
+        if job.done:
+            return job
+        waited = (utcnow() - since).total_seconds() if since else 0.0
+        if waited < self.app.settings.max_wait:
+            return None
+        log.warning("job.stuck", waited_s=round(waited), state=job.state)
+        await self.app.gemini.cancel_job(job.name)
+        return Job(name=job.name, display_name=job.display_name, state="cancelled")
 
     async def _unpark_shards(self, row: asyncpg.Record, recorded: list[asyncpg.Record]) -> None:
         """A replayed shard moves its batch back to submitted, once every shard exists."""
@@ -148,14 +153,6 @@ class Poll:
             ingest = await ingest_inline(self.app, inp, job.inline or [])
         log.info("job.ingested", embedded=ingest.embedded, failed=len(ingest.failures))
         return ingest.failures, False
-
-    async def _forget_input(self, input_file: str | None) -> None:
-        if not input_file:
-            return
-        try:
-            await self.app.gemini.delete_file(input_file)
-        except (RetryableError, PermanentError, AuthError) as exc:
-            log.warning("file.delete_failed", file=input_file, error=exc.message)
 
     async def reject(self, msg: Msg, error: InvalidMessage | PermanentError | RetryableError,
                      ) -> Outcome:

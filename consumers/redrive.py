@@ -10,6 +10,7 @@ from __future__ import annotations
 from consumers import shards
 from consumers.app import App
 from consumers.errors import BatchyardError
+from consumers.gemini import TERMINAL
 from consumers.inputs import load_input, next_attempt
 from consumers.store import FINISHED
 from events import subjects
@@ -74,7 +75,7 @@ async def cancel(app: App, batch_id: str) -> str:
             return f"batch {batch_id} is already {row['status']}: nothing done"
         notes = []
         for job in await shards.rows(app, batch_id, int(row["attempt"])):
-            if job["state"] in shards.TERMINAL:
+            if job["state"] in TERMINAL:
                 continue
             if job["job_name"]:
                 try:

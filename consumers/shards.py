@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 
 from consumers.app import App
 from consumers.finish import finish_attempt
+from consumers.gemini import TERMINAL
 from consumers.inputs import Input
 from consumers.store import db_errors
 from events.payloads import ErrorDetail, Item
@@ -24,7 +25,6 @@ from events.payloads import ErrorDetail, Item
 FILE_MAX_BYTES = 2 * 1024**3  # the Batch API's input file limit
 # An input line's worst case: each text byte escaped as \u00XX, plus the line's framing.
 _ESCAPE, _FRAMING = 6, 192
-TERMINAL = frozenset({"succeeded", "failed", "cancelled", "expired"})
 _failures = msgspec.json.Decoder(dict[str, ErrorDetail])
 
 

@@ -18,11 +18,12 @@ from consumers._runtime import ACK, Outcome, backoff, nak, term
 from consumers.app import App, utcnow
 from consumers.errors import AuthError, PermanentError, RetryableError
 from consumers.finish import finish_attempt
-from consumers.gemini import Job
+from consumers.gemini import TERMINAL, Job
 from consumers.inputs import INLINE_MAX_BYTES, Input, load_items
 from consumers.online import embed_online
 from consumers.results import ingest_vectors
 from consumers.store import FINISHED
+from consumers.sweep import forget_file
 from events import jetstream as defs
 from events import subjects
 from events.payloads import InvalidMessage, Item, PollRequest, SubmitRequest, decode
@@ -86,30 +87,14 @@ class Submit:
             parts, recorded = await shards.plan(app, inp)
             if parts:
                 return await self._sharded(msg, inp, row, parts, recorded)
-            name = subjects.display_name(batch_id, req.attempt)
-            if not await app.quota.reserve(batch_id, req.attempt, name, len(items),
-                                           inp.est_tokens(), inp.model):
-                return await self._hold(msg, "no room: active jobs or enqueued tokens at limit")
-            if not crashed and not await app.quota.may_create():
-                await app.quota.release(batch_id, req.attempt)
-                return await self._hold(msg, "the quota gate is closed")
             try:
-                job, input_file = await self._create(inp, name, adopt=crashed)
-            except RetryableError as exc:
-                await app.quota.release(batch_id, req.attempt)
-                if not exc.quota:
-                    raise
-                await app.quota.close(exc.delay, exc.message)
-                return await self._hold(msg, f"429 on creation: {exc.message}")
-            except AuthError:
-                await app.quota.release(batch_id, req.attempt)  # parked: no job, no slot
-                raise
+                made = await self._admitted(msg, inp, 0, adopt=crashed)
             except PermanentError as exc:
                 await app.quota.release(batch_id, req.attempt)
                 return await self._refused(msg, inp, row, exc)
-            failpoints.hit("submit.after_create")
-            await app.quota.created(batch_id, req.attempt, job.name, input_file)
-            await app.quota.succeeded()
+            if isinstance(made, Outcome):
+                return made
+            job, input_file = made
             await app.store.update(
                 batch_id, {"attempt": req.attempt, "status": "submitting"}, status="submitted",
                 job_name=job.name, input_file=input_file, submitted_at=utcnow(), last_error=None)
@@ -148,30 +133,13 @@ class Submit:
         batch_id, attempt = req.batch_id, req.attempt
         for k, items in enumerate(parts, 1):
             done = recorded.get(k)
-            if done is not None and (done["job_name"] or done["state"] in shards.TERMINAL):
-                if done["job_name"] and done["state"] not in shards.TERMINAL:
+            if done is not None and (done["job_name"] or done["state"] in TERMINAL):
+                if done["job_name"] and done["state"] not in TERMINAL:
                     await self._hand_to_poll(batch_id, attempt, done["job_name"], k)
                 continue
-            part = Input(req, items)
-            name = subjects.display_name(batch_id, attempt, k)
-            adopt = done is not None  # a creation a crash interrupted
-            if not await app.quota.reserve(batch_id, attempt, name, len(items),
-                                           part.est_tokens(), inp.model, shard=k):
-                return await self._hold(msg, f"no room for shard {k} of {len(parts)}")
-            if not adopt and not await app.quota.may_create():
-                await app.quota.release(batch_id, attempt, k)
-                return await self._hold(msg, "the quota gate is closed")
             try:
-                job, input_file = await self._create(part, name, adopt=adopt)
-            except RetryableError as exc:
-                await app.quota.release(batch_id, attempt, k)
-                if not exc.quota:
-                    raise
-                await app.quota.close(exc.delay, exc.message)
-                return await self._hold(msg, f"429 on creation: {exc.message}")
-            except AuthError:
-                await app.quota.release(batch_id, attempt, k)
-                raise
+                # A row without a job is a creation a crash interrupted: adopt.
+                made = await self._admitted(msg, Input(req, items), k, adopt=done is not None)
             except PermanentError as exc:
                 if k == 1:
                     await app.quota.release(batch_id, attempt, k)
@@ -182,9 +150,9 @@ class Submit:
                 await app.quota.finished(batch_id, attempt, "failed", k,
                                          dict.fromkeys((item.id for item in items), exc.detail()))
                 continue
-            failpoints.hit("submit.after_create")
-            await app.quota.created(batch_id, attempt, job.name, input_file, shard=k)
-            await app.quota.succeeded()
+            if isinstance(made, Outcome):
+                return made
+            job, _ = made
             await self._hand_to_poll(batch_id, attempt, job.name, k)
             log.info("shard.submitted", shard=k, shards=len(parts), job_name=job.name,
                      items=len(items))
@@ -195,6 +163,37 @@ class Submit:
             submitted_at=row["submitted_at"] or utcnow())
         await shards.settle(app, msg, inp, stage="submit")  # all shards may be done already
         return ACK
+
+    async def _admitted(self, msg: Msg, inp: Input, shard: int, *, adopt: bool,
+                        ) -> tuple[Job, str | None] | Outcome:
+        """Take a slot, pass the gate, and create (or adopt) the job of `shard` of `inp`'s
+        attempt: the job and its input file, or the Outcome of a hold when the Batch API
+        has no room. A failed creation gives its slot back, except on PermanentError,
+        which the caller settles (a refused shard keeps its row, as failed)."""
+        app, req = self.app, inp.request
+        batch_id, attempt = req.batch_id, req.attempt
+        name = subjects.display_name(batch_id, attempt, shard)
+        if not await app.quota.reserve(batch_id, attempt, name, len(inp.items),
+                                       inp.est_tokens(), inp.model, shard=shard):
+            return await self._hold(msg, "no room: active jobs or enqueued tokens at limit")
+        if not adopt and not await app.quota.may_create():
+            await app.quota.release(batch_id, attempt, shard)
+            return await self._hold(msg, "the quota gate is closed")
+        try:
+            job, input_file = await self._create(inp, name, adopt=adopt)
+        except RetryableError as exc:
+            await app.quota.release(batch_id, attempt, shard)
+            if not exc.quota:
+                raise
+            await app.quota.close(exc.delay, exc.message)
+            return await self._hold(msg, f"429 on creation: {exc.message}")
+        except AuthError:
+            await app.quota.release(batch_id, attempt, shard)  # parked: no job, no slot
+            raise
+        failpoints.hit("submit.after_create")
+        await app.quota.created(batch_id, attempt, job.name, input_file, shard=shard)
+        await app.quota.succeeded()
+        return job, input_file
 
     async def _refused(self, msg: Msg, inp: Input, row: asyncpg.Record,
                        exc: PermanentError) -> Outcome:
@@ -224,7 +223,7 @@ class Submit:
         try:
             job = await app.gemini.create_job(inp.model, name, file_name=file_name)
         except (RetryableError, PermanentError, AuthError):
-            await _forget_file(app, file_name)
+            await forget_file(app, file_name)
             raise
         return job, file_name
 
@@ -252,9 +251,3 @@ class Submit:
                            attempt=req.attempt, error=error)
         return ACK
 
-
-async def _forget_file(app: App, file_name: str) -> None:
-    try:
-        await app.gemini.delete_file(file_name)
-    except (RetryableError, PermanentError, AuthError) as exc:
-        log.warning("file.delete_failed", file=file_name, error=exc.message)

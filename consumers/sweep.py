@@ -17,14 +17,14 @@ import structlog
 from consumers import metrics
 from consumers.app import App
 from consumers.errors import AuthError, PermanentError, RetryableError
-from consumers.shards import TERMINAL
+from consumers.gemini import TERMINAL
 from consumers.store import FINISHED, db_errors
 
 log = structlog.get_logger("batchyard.sweep")
 _NAME = re.compile(
     r"(?P<batch>[A-Za-z0-9._:-]{1,128}):(?P<attempt>\d{1,9})(?:#(?P<shard>\d{1,9}))?")
 _STATES = """
-SELECT f.name, j.state, b.status, b.attempt
+SELECT f.name, f.attempt, j.state, b.status, b.attempt AS batch_attempt
 FROM unnest($1::text[], $2::text[], $3::int[], $4::int[]) AS f(name, batch_id, attempt, shard)
 LEFT JOIN batchyard.jobs j USING (batch_id, attempt, shard)
 LEFT JOIN batchyard.batches b USING (batch_id)
@@ -57,7 +57,7 @@ def orphaned(job_state: str | None, batch_status: str | None, batch_attempt: int
 
 async def sweep_files(app: App) -> int:
     """Delete the input files of finished jobs; returns how many were deleted."""
-    found = [c for name, display, _ in await app.gemini.list_files()
+    found = [c for name, display in await app.gemini.list_files()
              if (c := candidate(name, display)) is not None]
     if not found:
         return 0
@@ -65,10 +65,9 @@ async def sweep_files(app: App) -> int:
         states = await app.store.pool.fetch(
             _STATES, [c.name for c in found], [c.batch_id for c in found],
             [c.attempt for c in found], [c.shard for c in found])
-    attempts = {c.name: c.attempt for c in found}
     deleted = 0
     for r in states:
-        if not orphaned(r["state"], r["status"], r["attempt"], attempts[r["name"]]):
+        if not orphaned(r["state"], r["status"], r["batch_attempt"], r["attempt"]):
             continue
         try:
             await app.gemini.delete_file(r["name"])
@@ -79,6 +78,14 @@ async def sweep_files(app: App) -> int:
         metrics.FILES_SWEPT.inc()
         log.info("file.swept", file=r["name"])
     return deleted
+
+
+async def forget_file(app: App, file_name: str) -> None:
+    """Delete an input file now that its job needs it no more; the sweep retries a failure."""
+    try:
+        await app.gemini.delete_file(file_name)
+    except (RetryableError, PermanentError, AuthError) as exc:
+        log.warning("file.delete_failed", file=file_name, error=exc.message)
 
 
 async def sweep_forever(app: App) -> None:
