@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 
 from events import jetstream as defs
 from events import subjects
@@ -196,10 +195,7 @@ async def test_recovery_disabled_waits_for_parked_replay(stack: Stack) -> None:
     await wait_for(lambda: _has(nc, subjects.KEY_VALID), 30, what="key.valid")
     await asyncio.sleep(2)
     assert await _parked(stack) == 4
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "consumers", "parked", "replay", env=stack.env(),
-        stdout=asyncio.subprocess.PIPE)
-    out, _ = await proc.communicate()
-    assert proc.returncode == 0 and b"replayed 4" in out
+    code, out = await stack.cli("parked", "replay")
+    assert code == 0 and "replayed 4" in out, out
     assert await wait_finished(stack, 4, timeout=60) == {"succeeded": 4}
     await nc.close()

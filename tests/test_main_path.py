@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import sys
 from collections import Counter
 
 import msgspec
@@ -178,11 +177,9 @@ async def test_5mb_input_through_the_object_store(stack: Stack) -> None:
         for i in range(1000):
             f.write(msgspec.json.encode(Item(f"big-{i}", f"{i} {text}")) + b"\n")
     assert path.stat().st_size > 5_000_000
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "consumers", "publish", str(path), "--batch-id", "big",
-        "--output-dimensionality", "16", env=stack.env(), stdout=asyncio.subprocess.PIPE)
-    out, _ = await proc.communicate()
-    assert proc.returncode == 0 and b"object input/big.jsonl" in out
+    code, out = await stack.cli("publish", str(path), "--batch-id", "big",
+                                "--output-dimensionality", "16")
+    assert code == 0 and "object input/big.jsonl" in out, out
     assert await wait_finished(stack, 1, timeout=120) == {"succeeded": 1}
     state = await stack.emulator.state()
     assert [j["display_name"] for j in state["jobs"]] == ["big:0"]

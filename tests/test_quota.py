@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 
 import msgspec
 
@@ -88,10 +87,8 @@ async def test_gate_survives_a_restart_of_every_pod(stack: Stack) -> None:
     await _pods(stack, BATCHYARD_QUOTA_COOLDOWN="2s", BATCHYARD_QUOTA_COOLDOWN_MAX="4s")
     assert await wait_finished(stack, 6, timeout=90) == {"succeeded": 6}
     assert await stream_messages(nc, subjects.DEAD) == []
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "consumers", "status", "--json", env=stack.env(),
-        stdout=asyncio.subprocess.PIPE)
-    out, _ = await proc.communicate()
+    code, out = await stack.cli("status", "--json")
+    assert code == 0, out
     quota = json.loads(out)["quota"]
     assert quota["active_jobs"] == 0 and quota["batches_waiting"] == 0
     assert quota["max_active_jobs"] == 100 and quota["gate"]["state"] in ("open", "closed")
