@@ -17,13 +17,14 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import numpy as np
 import pydantic
 from google import genai
 from google.genai import _transformers as genai_names
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from consumers import logs, metrics
+from consumers import logs, metrics, vectors
 from consumers.errors import AuthError, BatchyardError, PermanentError, RetryableError
 from consumers.keys import KeySource
 from consumers.settings import Settings
@@ -41,13 +42,15 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)s$")
 _TRANSIENT = (TimeoutError, ConnectionError, aiohttp.ClientError, _httpx.TransportError)
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "expired"})
+_FIELD_MASK = "X-Goog-FieldMask"
 TRANSFER_TIMEOUT = 1800.0
 
 
 @dataclass(frozen=True)
 class InlineResult:
-    values: list[float] | None
+    values: np.ndarray | None
     error: str | None
+    status: str | None = None  # INVALID_EMBEDDING: values that are not a list of numbers
 
 
 @dataclass(frozen=True)
@@ -211,13 +214,14 @@ class Gemini:
         The request goes through the SDK's own API client (same URL, headers, retries and
         errors as `batches.get`); its answer is read with msgspec instead of the SDK's
         json.loads and pydantic models, since a finished job's inlined results are
-        megabytes of JSON.
+        megabytes of JSON. The field mask (a partial response, which every Google API
+        serves) leaves out the Operation's `response`, a second copy of those results.
         """
         async with self._call("batches.get"):
             aio = await self._aio()
             path = f"batches/{genai_names.t_batch_job_name(aio._api_client, name)}"
-            resp = await aio._api_client.async_request("get", path, {},
-                                                       self._long()["http_options"])
+            options = {**self._long()["http_options"], "headers": {_FIELD_MASK: "name,metadata"}}
+            resp = await aio._api_client.async_request("get", path, {}, options)
             return _raw_job(resp.body, name)
 
     async def cancel_job(self, name: str) -> None:
@@ -285,8 +289,9 @@ def _job(job: types.BatchJob) -> Job:
     if dest is not None:
         if dest.inlined_embed_content_responses is not None:
             inline = [InlineResult(
-                values=(r.response.embedding.values if r.response and r.response.embedding
-                        else None),
+                values=(vectors.from_list(r.response.embedding.values)
+                        if r.response and r.response.embedding
+                        and r.response.embedding.values is not None else None),
                 error=(r.error.message or f"error {r.error.code}") if r.error else None,
             ) for r in dest.inlined_embed_content_responses]
         elif dest.inlined_responses is not None:  # every item failed: the SDK's other list
@@ -297,7 +302,7 @@ def _job(job: types.BatchJob) -> Job:
 
 
 class _Embedding(msgspec.Struct):
-    values: list[float] | None = None
+    values: msgspec.Raw = msgspec.Raw()  # read by vectors.from_json; empty when absent
 
 
 class _Status(msgspec.Struct):
@@ -351,8 +356,10 @@ def _raw_job(body: str | bytes, name: str) -> Job:
             op = _operation.decode(body) if body else _Operation()
         except msgspec.ValidationError:
             raise
-        except msgspec.DecodeError:  # NaN / Infinity literals: only stdlib json reads them
-            op = msgspec.convert(json.loads(body), _Operation)
+        except msgspec.DecodeError:
+            # NaN / Infinity literals: only stdlib json reads them. Written back by msgspec
+            # they are null, and so an invalid embedding.
+            op = _operation.decode(msgspec.json.encode(json.loads(body)))
     except msgspec.ValidationError as exc:
         raise PermanentError(f"unexpected response shape: {exc}") from None
     meta = op.metadata or _Metadata()
@@ -363,13 +370,21 @@ def _raw_job(body: str | bytes, name: str) -> Job:
     if listed and listed.inlined_responses is not None:
         rows = listed.inlined_responses
         if any(r.response is not None and r.response.embedding is not None for r in rows):
-            inline = [InlineResult(
-                values=r.response.embedding.values if r.response and r.response.embedding
-                else None,
-                error=(r.error.message or f"error {r.error.code}") if r.error else None,
-            ) for r in rows]
+            inline = [_inlined(r) for r in rows]
         else:  # every item failed
             inline = [InlineResult(None, (r.error.message if r.error else None) or "no embedding")
                       for r in rows]
     return Job(name=op.name or name, display_name=meta.display_name, state=state,
                output_file=out.responses_file if out else None, inline=inline)
+
+
+def _inlined(row: _Inlined) -> InlineResult:
+    if row.error is not None:
+        return InlineResult(None, row.error.message or f"error {row.error.code}")
+    raw = row.response.embedding.values if row.response and row.response.embedding else None
+    if raw is None or bytes(raw) in (b"", b"null"):
+        return InlineResult(None, None)
+    try:
+        return InlineResult(vectors.from_json(raw), None)
+    except ValueError as exc:
+        return InlineResult(None, str(exc), "INVALID_EMBEDDING")

@@ -10,6 +10,7 @@ import msgspec
 import numpy as np
 import structlog
 
+from consumers import vectors
 from consumers.app import App
 from consumers.gemini import InlineResult
 from consumers.inputs import Input
@@ -20,7 +21,7 @@ FLUSH_ROWS = 256
 
 
 class _Embedding(msgspec.Struct):
-    values: list[float]
+    values: msgspec.Raw  # read by vectors.from_json
 
 
 class _Error(msgspec.Struct):
@@ -78,7 +79,7 @@ class Ingest:
         self._index = 0
         self._tail = b""
 
-    def add(self, key: str | None, values: list[float] | None, error: ErrorDetail | None) -> None:
+    def add(self, key: str | None, vector: np.ndarray | None, error: ErrorDetail | None) -> None:
         if key is None and self._index < len(self.order):
             key = self.order[self._index]  # lines come in input order
         self._index += 1
@@ -87,9 +88,7 @@ class Ingest:
             self.unexpected += 1
             return
         key = self.order[at]
-        if values is not None and error is None:
-            with np.errstate(over="ignore"):  # out-of-range values become inf: rejected
-                vector = np.asarray(values, dtype=np.float32)
+        if vector is not None and error is None:
             why = check_vector(vector, self.dims)
             if why is None:
                 self.failures.pop(key, None)
@@ -124,11 +123,15 @@ class Ingest:
                                             message="result line could not be read"))
             return
         err = line.error or line.status or (line.response.error if line.response else None)
-        values = line.response.embedding.values if line.response and line.response.embedding \
-            else None
         detail = ErrorDetail(code=err.code, status=err.status, message=err.message) if err \
             else None
-        self.add(line.key, values, detail)
+        vector = None
+        if detail is None and line.response and line.response.embedding:
+            try:
+                vector = vectors.from_json(line.response.embedding.values)
+            except ValueError as exc:
+                detail = ErrorDetail(status="INVALID_EMBEDDING", message=str(exc))
+        self.add(line.key, vector, detail)
 
     async def finish(self) -> None:
         """End of input: the last partial line, the last rows, and items never answered."""
@@ -165,7 +168,7 @@ async def ingest_inline(app: App, inp: Input, results: list[InlineResult]) -> In
     """Validate and upsert inlined responses (one per request, in input order)."""
     ingest = Ingest(app, inp)
     for item, result in zip(inp.items, results, strict=False):
-        error = ErrorDetail(message=result.error) if result.error else None
+        error = ErrorDetail(status=result.status, message=result.error) if result.error else None
         ingest.add(item.id, result.values, error)
         if len(ingest.rows) >= FLUSH_ROWS:
             await ingest.flush()
@@ -173,7 +176,8 @@ async def ingest_inline(app: App, inp: Input, results: list[InlineResult]) -> In
     return ingest
 
 
-async def ingest_vectors(app: App, inp: Input, vectors: list[list[float] | None]) -> Ingest:
+async def ingest_vectors(app: App, inp: Input, online: list[list[float] | None]) -> Ingest:
     """Validate and upsert online embeddings (one per item, in input order)."""
-    results = [InlineResult(v, None if v is not None else "no embedding") for v in vectors]
+    results = [InlineResult(vectors.from_list(v), None) if v is not None
+               else InlineResult(None, "no embedding") for v in online]
     return await ingest_inline(app, inp, results)

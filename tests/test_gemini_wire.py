@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from google import genai
 
 from consumers.gemini import Gemini
@@ -48,6 +49,7 @@ async def test_inline_create_and_get_match_the_sdk(emulator: Any) -> None:
     assert ref.dest is not None and ref.dest.inlined_embed_content_responses is not None
     expected = [r.response.embedding.values if r.response and r.response.embedding else None
                 for r in ref.dest.inlined_embed_content_responses]
-    assert [r.values for r in got.inline] == expected
     assert all(v is not None and len(v) == 8 for v in expected)
+    assert [r.values.tolist() if r.values is not None else None for r in got.inline] == \
+        [np.asarray(v, dtype=np.float32).tolist() for v in expected]
     await ours.close()

@@ -15,7 +15,7 @@ from .wire import json_response, page_size, paginate, pick
 
 def _operation(call: Call, job: Job) -> web.StreamResponse:
     body = job.operation(call.state.clock.now(), call.wall)
-    return json_response(body, nan=job.has_nan and job.inline_output is not None)
+    return call.respond(body)
 
 
 def _read_source(call: Call, model: Model, config: dict[str, Any]) -> tuple[
@@ -82,8 +82,7 @@ async def list_batches(call: Call) -> web.StreamResponse:
         body["operations"] = [job.operation(now, call.wall) for job in page]
     if token:
         body["nextPageToken"] = token
-    nan = any(job.has_nan and job.inline_output is not None for job in page)
-    return json_response(body, nan=nan)
+    return call.respond(body)
 
 
 async def cancel(call: Call) -> web.StreamResponse:

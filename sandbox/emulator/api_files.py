@@ -113,7 +113,7 @@ async def _upload_chunk(call: Call) -> web.StreamResponse:
     if stored is None:
         return json_response({}, headers={"X-Goog-Upload-Status": "active"})
     body = {"file": stored.to_json(call.origin, call.version, call.wall(stored.created))}
-    return json_response(body, headers={"X-Goog-Upload-Status": "final"})
+    return call.respond(body, headers={"X-Goog-Upload-Status": "final"})
 
 
 def _short_id(call: Call, request_type: str) -> str:
@@ -126,7 +126,7 @@ def _short_id(call: Call, request_type: str) -> str:
 async def get(call: Call) -> web.StreamResponse:
     """A file's metadata."""
     stored = call.state.files.get(_short_id(call, "GetFileRequest"))
-    return json_response(stored.to_json(call.origin, call.version, call.wall(stored.created)))
+    return call.respond(stored.to_json(call.origin, call.version, call.wall(stored.created)))
 
 
 async def delete(call: Call) -> web.StreamResponse:
@@ -148,7 +148,7 @@ async def list_files(call: Call) -> web.StreamResponse:
         body["files"] = [f.to_json(call.origin, call.version, call.wall(f.created)) for f in page]
     if token:
         body["nextPageToken"] = token
-    return json_response(body)
+    return call.respond(body)
 
 
 async def download(call: Call) -> web.StreamResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -9,14 +10,14 @@ from aiohttp import web
 from . import catalogue, embed, errors, inputs
 from .call import Call
 from .catalogue import Model
-from .wire import json_response, page_size, paginate
+from .wire import page_size, paginate
 
 MAX_ONLINE_REQUESTS = 100
 
 
 async def get(call: Call) -> web.StreamResponse:
     """One model."""
-    return json_response(call.model("get").to_json())
+    return call.respond(call.model("get").to_json())
 
 
 async def list_models(call: Call) -> web.StreamResponse:
@@ -29,19 +30,15 @@ async def list_models(call: Call) -> web.StreamResponse:
     body: dict[str, Any] = {"models": [model.to_json() for _, model in page]}
     if token:
         body["nextPageToken"] = token
-    return json_response(body)
+    return call.respond(body)
 
 
-def _values(call: Call, model: Model, item: inputs.Item) -> list[float]:
+def _values(call: Call, model: Model, item: inputs.Item) -> Sequence[float | str]:
     values = embed.vector(model.id, item.text, item.dims)
     faults = call.state.faults
     if faults.bad_vector is not None and call.state.dice.chance(faults.bad_vector_rate):
-        values = embed.corrupt(values, faults.bad_vector)
+        return embed.corrupt(values, faults.bad_vector)
     return values
-
-
-def _has_nan(call: Call) -> bool:
-    return call.state.faults.bad_vector == "nan"
 
 
 async def batch_embed(call: Call) -> web.StreamResponse:
@@ -56,12 +53,11 @@ async def batch_embed(call: Call) -> web.StreamResponse:
         )
     items = [inputs.require(inputs.read_request(request, model)) for request in requests]
     embeddings = [{"values": _values(call, model, item)} for item in items]
-    return json_response({"embeddings": embeddings}, nan=_has_nan(call))
+    return call.respond({"embeddings": embeddings})
 
 
 async def embed_content(call: Call) -> web.StreamResponse:
     """`models/{m}:embedContent`: one text."""
     model = call.model("embedContent")
     item = inputs.require(inputs.read_request(await call.json(), model))
-    return json_response({"embedding": {"values": _values(call, model, item)}},
-                         nan=_has_nan(call))
+    return call.respond({"embedding": {"values": _values(call, model, item)}})

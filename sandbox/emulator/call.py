@@ -11,7 +11,7 @@ from aiohttp import web
 from . import catalogue, errors
 from .catalogue import Model
 from .state import EmulatorState
-from .wire import decode_object
+from .wire import Mask, decode_object, field_mask, json_response
 
 MAX_BODY_BYTES = 64 * 1024**2
 
@@ -24,6 +24,18 @@ class Call:
     state: EmulatorState
     params: dict[str, str]
     key: str
+    mask: Mask | None = None
+
+    @staticmethod
+    def mask_of(request: web.Request) -> Mask | None:
+        """The partial response asked for, if any; a bad one is the API's 400 before any
+        work is done."""
+        spec = request.headers.get("X-Goog-FieldMask") or request.query.get("fields")
+        return field_mask(spec) if spec else None
+
+    def respond(self, obj: Any, **kwargs: Any) -> web.Response:
+        """A JSON answer with only the fields the call asked for."""
+        return json_response(obj, mask=self.mask, **kwargs)
 
     @property
     def version(self) -> str:

@@ -7,6 +7,8 @@ import math
 import random
 import struct
 
+import numpy as np
+
 
 def estimate_tokens(texts: list[str]) -> int:
     """UTF-8 byte length of all texts together, divided by 4, rounded up."""
@@ -25,13 +27,27 @@ def vector(model: str, text: str, dims: int) -> list[float]:
     norm = math.hypot(*values)
     if norm == 0.0:
         return [1.0] + [0.0] * (dims - 1)
-    return [value / norm for value in values]
+    return as_written(np.asarray(values, dtype=np.float64) / norm)
 
 
-def corrupt(values: list[float], kind: str) -> list[float]:
+def as_written(values: np.ndarray) -> list[float]:
+    """`values` as the API writes them: float32, in 9 significant digits.
+
+    The API holds embeddings as float32, and 9 digits read back the same float32; the
+    float64 a Python float holds would take 17 and make every answer twice its size.
+    """
+    held = values.astype(np.float32).astype(np.float64)
+    magnitude = np.floor(np.log10(np.abs(held), where=held != 0, out=np.zeros_like(held)))
+    # Powers of ten up to 1e22 are exact, so each quotient is the nearest double to a
+    # 9-digit decimal, and its repr is that decimal.
+    scale = np.power(10.0, np.clip(8 - magnitude, 0, 22))
+    return (np.rint(held * scale) / scale).tolist()
+
+
+def corrupt(values: list[float], kind: str) -> list[float | str]:
     """`values` spoiled the way `kind` names: wrong_length, nan or zeros."""
     if kind == "wrong_length":
-        return values[:-1] if len(values) > 1 else [*values, 0.0]
+        return [*values[:-1]] if len(values) > 1 else [*values, 0.0]
     if kind == "nan":
-        return [math.nan, *values[1:]]
+        return ["NaN", *values[1:]]  # proto3 JSON writes a non-finite float as a string
     return [0.0] * len(values)

@@ -59,7 +59,6 @@ class Job:
     output_file: str | None = None
     inline_output: list[dict[str, Any]] | None = None
     failed_items: int = 0
-    has_nan: bool = False
 
     @property
     def name(self) -> str:
@@ -153,8 +152,10 @@ def run(job: Job) -> list[dict[str, Any]]:
         else:
             values = embed.vector(job.model.id, item.text, item.dims)
             if job.bad_vector is not None and chance(job.bad_vector_rate):
-                values = embed.corrupt(values, job.bad_vector)
-            results.append({"response": {"embedding": {"values": values}}})
+                results.append({"response": {"embedding": {
+                    "values": embed.corrupt(values, job.bad_vector)}}})
+            else:
+                results.append({"response": {"embedding": {"values": values}}})
     return results
 
 

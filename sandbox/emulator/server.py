@@ -63,7 +63,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if route.keyed:
         key = request.headers.get("x-goog-api-key") or request.query.get("key") or ""
         project.count(key, route.endpoint)
-    call = Call(request, project, params, key)
+    call = Call(request, project, params, key, Call.mask_of(request))
     try:
         async with asyncio.timeout(_deadline(request)):
             if not route.keyed:

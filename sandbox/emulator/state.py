@@ -90,11 +90,8 @@ class EmulatorState:
         if state == jobs.SUCCEEDED:
             results = jobs.run(job)
             job.failed_items = sum(1 for result in results if "error" in result)
-            job.has_nan = job.bad_vector == "nan"
             if job.input_file is not None:
-                data = b"".join(
-                    dumps(line, nan=job.has_nan) + b"\n" for line in jobs.file_lines(job, results)
-                )
+                data = b"".join(dumps(line) + b"\n" for line in jobs.file_lines(job, results))
                 stored = self.files.add_generated(f"batch-{job.id}", data, now=at, key=job.key)
                 job.output_file = stored.name
             else:

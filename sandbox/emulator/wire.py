@@ -6,6 +6,7 @@ import base64
 import binascii
 import datetime as dt
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -18,22 +19,83 @@ JSON = "application/json"
 _encoder = msgspec.json.Encoder()
 
 
-def dumps(obj: Any, *, nan: bool = False) -> bytes:
-    """Encode `obj`; with `nan`, non-finite floats are written as NaN/Infinity literals."""
-    if nan:
-        # msgspec writes NaN as null, which a float list cannot hold; Python's json
-        # (and so the SDK's json.loads) reads the NaN literal back as a float.
-        return json.dumps(obj, separators=(",", ":")).encode()
+def dumps(obj: Any) -> bytes:
+    """Encode `obj` (a non-finite float goes as the string "NaN", as proto3 JSON has it)."""
     return _encoder.encode(obj)
 
 
 def json_response(
-    obj: Any, *, status: int = 200, headers: dict[str, str] | None = None, nan: bool = False
+    obj: Any, *, status: int = 200, headers: dict[str, str] | None = None,
+    mask: Mask | None = None,
 ) -> web.Response:
-    """A response with a JSON body and Content-Type application/json."""
+    """A response with a JSON body and Content-Type application/json; `mask` keeps only
+    the fields a partial-response request selected."""
+    if mask is not None:
+        obj = masked(obj, mask)
     return web.Response(
-        body=dumps(obj, nan=nan), status=status, headers=headers, content_type=JSON
+        body=dumps(obj), status=status, headers=headers, content_type=JSON
     )
+
+
+# The fields one selection keeps, each with what it keeps of its value; {} keeps it whole.
+Mask = dict[str, "Mask"]
+_MASK_TOKEN = re.compile(r"[\w@*]+|[^\s\w@*]")
+_MASK_DEPTH = 16
+
+
+def field_mask(spec: str) -> Mask:
+    """A partial-response selection, as the `fields` parameter or the X-Goog-FieldMask
+    header gives it: `a,b.c,d(e,f)`; `/` also separates, `*` is every field."""
+    tokens = _MASK_TOKEN.findall(spec)
+    mask, pos = _selection(tokens, 0, 0, spec)
+    if pos != len(tokens):
+        raise _bad_mask(spec)
+    return mask
+
+
+def _selection(tokens: list[str], pos: int, depth: int, spec: str) -> tuple[Mask, int]:
+    if depth > _MASK_DEPTH:
+        raise _bad_mask(spec)
+    mask: Mask = {}
+    while True:
+        node = mask
+        while True:  # a path: name, then `.name` or `/name`
+            if pos >= len(tokens) or not _MASK_TOKEN.fullmatch(tokens[pos]) \
+                    or not (tokens[pos][0].isalnum() or tokens[pos][0] in "_@*"):
+                raise _bad_mask(spec)
+            node = node.setdefault(_camel(tokens[pos]), {})
+            pos += 1
+            if pos < len(tokens) and tokens[pos] in "./":
+                pos += 1
+                continue
+            break
+        if pos < len(tokens) and tokens[pos] == "(":
+            inner, pos = _selection(tokens, pos + 1, depth + 1, spec)
+            if pos >= len(tokens) or tokens[pos] != ")":
+                raise _bad_mask(spec)
+            node.update(inner)
+            pos += 1
+        if pos < len(tokens) and tokens[pos] == ",":
+            pos += 1
+            continue
+        return mask, pos
+
+
+def _bad_mask(spec: str) -> errors.ApiError:
+    return errors.invalid_argument(f"Invalid field selection {spec[:200]}")
+
+
+def masked(value: Any, mask: Mask) -> Any:
+    """`value` with only the fields `mask` selects (lists: in each element)."""
+    if not mask:
+        return value
+    if isinstance(value, list):
+        return [masked(v, mask) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "*" in mask:
+        return {k: masked(v, mask["*"]) for k, v in value.items()}
+    return {k: masked(value[k], sub) for k, sub in mask.items() if k in value}
 
 
 def error_response(error: errors.ApiError) -> web.Response:

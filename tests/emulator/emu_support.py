@@ -28,8 +28,8 @@ def read_lines(data: bytes) -> list[dict[str, Any]]:
 
 
 def is_unit(values: list[float]) -> bool:
-    """True when `values` has length 1 (within float error)."""
-    return math.isclose(math.fsum(v * v for v in values), 1.0, rel_tol=1e-9)
+    """True when `values` has length 1 (within float32 error)."""
+    return math.isclose(math.fsum(v * v for v in values), 1.0, rel_tol=1e-6)
 
 
 async def upload(client: genai.Client, data: bytes, display_name: str = "in") -> types.File:

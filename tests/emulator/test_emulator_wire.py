@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import aiohttp
+import numpy as np
 import pytest
 from conftest import KEY
 
@@ -133,3 +135,51 @@ async def test_odd_bodies_never_500(emu: Emulator, http: aiohttp.ClientSession) 
             async with http.request(method, url, data=body, headers=headers) as response:
                 assert response.status < 500, (method, url, body, await response.text())
                 assert response.content_type == JSON
+
+
+async def test_partial_responses(emu: Emulator, http: aiohttp.ClientSession) -> None:
+    """`X-Goog-FieldMask` and `?fields=` keep only the fields asked for; a malformed one
+    is a 400 before any work, so a create with it makes no job."""
+    headers = {"x-goog-api-key": KEY}
+    create = f"{emu.url}/v1beta/models/gemini-embedding-001:asyncBatchEmbedContent"
+    body = {"batch": {"displayName": "masked", "inputConfig": {"requests": {"requests": [
+        {"request": {"content": {"parts": [{"text": "a"}]}}}]}}}}
+    async with http.post(create, json=body,
+                         headers={**headers, "X-Goog-FieldMask": "name,("}) as response:
+        assert response.status == 400 and response.content_type == JSON
+        assert (await response.json())["error"]["status"] == "INVALID_ARGUMENT"
+    assert (await emu.state())["jobs"] == []
+    async with http.post(create, json=body, headers=headers) as response:
+        name = (await response.json())["name"]
+    await emu.advance(60)
+    get = f"{emu.url}/v1beta/{name}"
+    async with http.get(get, headers=headers) as response:
+        whole = await response.json()
+    assert whole["done"] and "response" in whole and "output" in whole["metadata"]
+    async with http.get(get, headers={**headers, "X-Goog-FieldMask": "name,metadata"}) as r:
+        assert await r.json() == {"name": name, "metadata": whole["metadata"]}
+    async with http.get(f"{get}?fields=metadata(state,displayName)", headers=headers) as r:
+        assert await r.json() == {"metadata": {"state": "BATCH_STATE_SUCCEEDED",
+                                               "displayName": "masked"}}
+    async with http.get(f"{emu.url}/v1beta/batches?fields=operations.name",
+                        headers=headers) as r:
+        assert await r.json() == {"operations": [{"name": name}]}
+    async with http.get(f"{get}?fields=a)b", headers=headers) as r:
+        assert r.status == 400
+
+
+async def test_embeddings_are_written_as_float32(emu: Emulator,
+                                                 http: aiohttp.ClientSession) -> None:
+    """Values carry float32's precision in at most 9 significant digits, as the API writes
+    them, and read back as the same float32 the emulator holds."""
+    url = f"{emu.url}/v1beta/models/gemini-embedding-001:embedContent"
+    async with http.post(url, json={"content": {"parts": [{"text": "x"}]}},
+                         headers={"x-goog-api-key": KEY}) as response:
+        text = await response.text()
+    values = json.loads(text)["embedding"]["values"]
+    assert len(values) == 3072
+    digits = [len(repr(abs(v)).split("e")[0].replace(".", "").lstrip("0")) for v in values]
+    assert max(digits) <= 9 and len(text) < 3072 * 16
+    held = np.asarray(values, dtype=np.float32)
+    assert np.array_equal(np.asarray(held.astype(np.float64).tolist(), dtype=np.float32), held)
+    assert abs(float(np.linalg.norm(held)) - 1.0) < 1e-5
