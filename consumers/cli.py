@@ -108,9 +108,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     handler = _HANDLERS[args.command]
     try:
-        return asyncio.run(handler(settings, args))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(handler(settings, args))
     except KeyboardInterrupt:
         return 130
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed: it spends a fraction of asyncio's CPU
+    on each callback and socket event, much of a pod's work."""
+    try:
+        import uvloop
+    except ImportError:  # no wheel for this platform: asyncio's own loop
+        return None
+    return uvloop.new_event_loop
 
 
 async def _streams(settings: Settings, args: argparse.Namespace) -> int:

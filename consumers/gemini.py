@@ -370,7 +370,8 @@ def _raw_job(body: str | bytes, name: str) -> Job:
     if listed and listed.inlined_responses is not None:
         rows = listed.inlined_responses
         if any(r.response is not None and r.response.embedding is not None for r in rows):
-            inline = [_inlined(r) for r in rows]
+            with np.errstate(over="ignore"):
+                inline = [_inlined(r) for r in rows]
         else:  # every item failed
             inline = [InlineResult(None, (r.error.message if r.error else None) or "no embedding")
                       for r in rows]

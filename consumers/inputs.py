@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import msgspec
@@ -22,6 +23,8 @@ from events.payloads import (
 )
 
 INLINE_MAX_BYTES = 1024 * 1024
+# An input line's worst case: each text byte escaped as \u00XX, plus the line's framing.
+JSON_ESCAPE, LINE_FRAMING = 6, 192
 # Items of a retry are put in the object store above this, to stay under max_payload.
 MESSAGE_ITEMS_MAX_BYTES = 768 * 1024
 
@@ -84,9 +87,19 @@ class Input:
             buf += b"\n"
         return bytes(buf)
 
+    @cached_property
+    def text_bytes(self) -> int:
+        """UTF-8 bytes of all texts."""
+        return sum(len(i.text.encode()) for i in self.items)
+
     def est_tokens(self) -> int:
         """UTF-8 bytes of all texts / 4, rounded up (CONTRACT §11)."""
-        return -(-sum(len(i.text.encode()) for i in self.items) // 4)
+        return -(-self.text_bytes // 4)
+
+    def max_jsonl_bytes(self) -> int:
+        """A bound `len(self.jsonl())` never passes, known without encoding anything."""
+        return (JSON_ESCAPE * self.text_bytes + sum(len(i.id) for i in self.items)
+                + LINE_FRAMING * len(self.items))
 
 
 async def load_items(app: App, req: SubmitRequest) -> list[Item]:

@@ -107,8 +107,9 @@ class Ingest:
         """Take the next chunk of a results file."""
         lines = (self._tail + chunk).split(b"\n")
         self._tail = lines.pop()
-        for line in lines:
-            self._parse(line)
+        with np.errstate(over="ignore"):
+            for line in lines:
+                self._parse(line)
         if len(self.rows) >= FLUSH_ROWS:
             await self.flush()
 
@@ -136,7 +137,8 @@ class Ingest:
     async def finish(self) -> None:
         """End of input: the last partial line, the last rows, and items never answered."""
         if self._tail:
-            self._parse(self._tail)
+            with np.errstate(over="ignore"):
+                self._parse(self._tail)
             self._tail = b""
         await self.flush()
         for key, done in zip(self.order, self.done, strict=True):

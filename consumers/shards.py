@@ -18,13 +18,11 @@ from nats.aio.msg import Msg
 from consumers.app import App
 from consumers.finish import finish_attempt
 from consumers.gemini import TERMINAL
-from consumers.inputs import Input
+from consumers.inputs import JSON_ESCAPE, LINE_FRAMING, Input
 from consumers.store import db_errors
 from events.payloads import ErrorDetail, Item
 
 FILE_MAX_BYTES = 2 * 1024**3  # the Batch API's input file limit
-# An input line's worst case: each text byte escaped as \u00XX, plus the line's framing.
-_ESCAPE, _FRAMING = 6, 192
 _failures = msgspec.json.Decoder(dict[str, ErrorDetail])
 
 
@@ -44,7 +42,7 @@ def split(items: list[Item], max_tokens: int, taken: list[int] | None = None,
     text = size = 0
     for item in items[at:]:
         b = len(item.text.encode())
-        line = _ESCAPE * b + len(item.id) + _FRAMING
+        line = JSON_ESCAPE * b + len(item.id) + LINE_FRAMING
         if part and (-(-(text + b) // 4) > max_tokens or size + line > FILE_MAX_BYTES):
             parts.append(part)
             part, text, size = [], 0, 0
@@ -57,9 +55,7 @@ def split(items: list[Item], max_tokens: int, taken: list[int] | None = None,
 
 
 def needs_split(inp: Input, max_tokens: int) -> bool:
-    if inp.est_tokens() > max_tokens:
-        return True
-    return sum(_ESCAPE * len(i.text.encode()) + _FRAMING for i in inp.items) > FILE_MAX_BYTES
+    return inp.est_tokens() > max_tokens or inp.max_jsonl_bytes() > FILE_MAX_BYTES
 
 
 async def rows(app: App, batch_id: str, attempt: int) -> list[asyncpg.Record]:

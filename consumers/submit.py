@@ -214,8 +214,9 @@ class Submit:
             if found is not None:
                 log.info("job.adopted", job_name=found.name)
                 return found, None
-        data = inp.jsonl()
-        if len(data) <= INLINE_MAX_BYTES:
+        # The bound spares encoding a file the usual small batch will not need.
+        inline = inp.max_jsonl_bytes() <= INLINE_MAX_BYTES
+        if inline or len(data := inp.jsonl()) <= INLINE_MAX_BYTES:
             job = await app.gemini.create_job(
                 inp.model, name, texts=[i.text for i in inp.items], config=inp.embed_config())
             return job, None

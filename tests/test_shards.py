@@ -9,8 +9,11 @@ from collections import Counter
 import msgspec
 import pytest
 from google import genai
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nats.aio.client import Client as NATS
 
+from consumers.inputs import Input
 from consumers.shards import split
 from consumers.sweep import candidate, orphaned
 from events import jetstream as defs
@@ -246,3 +249,20 @@ def test_sweep_candidates_are_only_our_job_names() -> None:
     assert orphaned("succeeded", "submitted", 0, 0) and not orphaned("running", None, None, 0)
     assert orphaned(None, None, None, 0) and orphaned(None, "partial", 0, 0)
     assert orphaned(None, "submitting", 2, 1) and not orphaned(None, "submitting", 1, 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(texts=st.lists(st.text(min_size=1, max_size=200), min_size=1, max_size=20),
+       task=st.sampled_from([None, "RETRIEVAL_DOCUMENT", "QUESTION_ANSWERING",
+                             "TASK_TYPE_UNSPECIFIED"]),
+       dims=st.sampled_from([None, 1, 768, 3072]))
+def test_jsonl_size_bound_holds_for_any_text(texts: list[str], task: str | None,
+                                             dims: int | None) -> None:
+    """The bound that decides inline input without encoding it is never below the
+    encoded size, whatever the texts hold (quotes, control characters, any Unicode)."""
+    items = [Item(f"item-{'x' * (i % 100)}.{i}", t) for i, t in enumerate(texts)]
+    req = SubmitRequest(batch_id="b", items=items, task_type=task,  # type: ignore[arg-type]
+                        output_dimensionality=dims)
+    inp = Input(req, items)
+    assert len(inp.jsonl()) <= inp.max_jsonl_bytes()
+    assert inp.est_tokens() == -(-sum(len(t.encode()) for t in texts) // 4)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -51,11 +52,14 @@ async def _run(pods_per_role: int, round_: int) -> dict[str, Any]:
         for _ in range(pods_per_role):
             for role in ("submit", "poll"):
                 roles.append(role)
-                prof = ["-m", "cProfile", "-o", f"/tmp/bench-{role}.prof"] \
+                prof = [os.environ["BENCH_PROFILE"], f"/tmp/bench-{role}.prof"] \
                     if os.environ.get("BENCH_PROFILE") else []
                 pods.append(await asyncio.create_subprocess_exec(
                     sys.executable, *prof, "-m", "consumers", "run", role, env=env))
         await _round(js, db, f"w{round_}", WARMUP * pods_per_role, 0)
+        if os.environ.get("BENCH_PROFILE"):
+            for p in pods:
+                p.send_signal(signal.SIGUSR1)  # the profiler starts counting now
         base = [_cpu_seconds(p.pid) for p in pods]
         start = time.perf_counter()
         await _round(js, db, f"r{round_}", BATCHES, WARMUP * pods_per_role)
