@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,19 +29,28 @@ def _text(value: str) -> bytes:
 
 def encode_rows(model: str, batch_id: str, rows: Sequence[tuple[str, np.ndarray]]) -> bytes:
     """One COPY … (FORMAT binary) stream of (item_id, model, batch_id, dims, embedding)."""
-    model_b, batch_b = _text(model), _text(batch_id)
-    parts = [HEADER]
-    for item_id, vector in rows:
-        n = int(vector.size)
-        elements = np.empty(n, dtype=_ELEMENT)
-        elements["len"] = 4
-        elements["value"] = vector
-        parts.append(_ROW.pack(len(COLUMNS)))
-        parts.append(_text(item_id))
-        parts.append(model_b)
-        parts.append(batch_b)
-        parts.append(_FIELD.pack(4) + _FIELD.pack(n))
-        parts.append(_ARRAY.pack(20 + 8 * n, 1, 0, _FLOAT4_OID, n, 1))
-        parts.append(elements.tobytes())
+    fixed = _text(model) + _text(batch_id)
+    parts: list[Any] = [HEADER]  # bytes, and rows of a numpy matrix
+    sizes = {int(vector.size) for _, vector in rows}
+    if len(sizes) == 1:  # the usual case: every vector's elements in one numpy operation
+        n = sizes.pop()
+        matrix = np.empty((len(rows), n), dtype=_ELEMENT)
+        matrix["len"] = 4
+        matrix["value"] = np.stack([vector for _, vector in rows])
+        tail = fixed + _FIELD.pack(4) + _FIELD.pack(n) + _array_header(n)
+        for (item_id, _), row in zip(rows, matrix.view(np.uint8), strict=True):
+            parts += (_ROW.pack(len(COLUMNS)), _text(item_id), tail, row)
+    else:
+        for item_id, vector in rows:
+            n = int(vector.size)
+            elements = np.empty(n, dtype=_ELEMENT)
+            elements["len"] = 4
+            elements["value"] = vector
+            parts += (_ROW.pack(len(COLUMNS)), _text(item_id), fixed, _FIELD.pack(4),
+                      _FIELD.pack(n), _array_header(n), elements.tobytes())
     parts.append(TRAILER)
     return b"".join(parts)
+
+
+def _array_header(n: int) -> bytes:
+    return _ARRAY.pack(20 + 8 * n, 1, 0, _FLOAT4_OID, n, 1)
