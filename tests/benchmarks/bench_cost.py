@@ -32,9 +32,10 @@ WARMUP = 4  # batches through every pod before the count: a pod's first calls bu
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of process `pid`."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
 async def _run(pods_per_role: int, round_: int) -> dict[str, Any]:
@@ -64,7 +65,9 @@ async def _run(pods_per_role: int, round_: int) -> dict[str, Any]:
         start = time.perf_counter()
         await _round(js, db, f"r{round_}", BATCHES, WARMUP * pods_per_role)
         elapsed = time.perf_counter() - start
-        used = [_cpu_seconds(p.pid) - b for p, b in zip(pods, base, strict=True)]
+        spent = [(u - bu, s - bs) for (u, s), (bu, bs)
+                 in zip((_cpu_seconds(p.pid) for p in pods), base, strict=True)]
+        used = [u + s for u, s in spent]
         cpu = sum(used)
         stored = await db.fetchval("SELECT count(*) FROM batchyard.embeddings "
                                    "WHERE batch_id LIKE 'r%'")
@@ -80,6 +83,10 @@ async def _run(pods_per_role: int, round_: int) -> dict[str, Any]:
     return {"pods_per_role": pods_per_role, "items": items, "seconds": round(elapsed, 2),
             "items_per_s": round(items / elapsed), "batches_per_s": round(BATCHES / elapsed, 2),
             "cpu_s_per_1000_items": round(cpu / items * 1000, 3),
+            # System time is mostly loopback TCP: on one machine the sender's syscall
+            # also does the receiving side's kernel work for PostgreSQL and NATS.
+            "cpu_s_per_1000_items_user_sys": [round(sum(u for u, _ in spent) / items * 1000, 3),
+                                              round(sum(s for _, s in spent) / items * 1000, 3)],
             "cpu_s_per_1000_items_by_role": {
                 role: round(sum(u for r, u in zip(roles, used, strict=True) if r == role)
                             / items * 1000, 3) for role in ("submit", "poll")},
