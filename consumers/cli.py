@@ -108,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     handler = _HANDLERS[args.command]
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        factory = _loop_factory() if args.command == "run" else None
+        with asyncio.Runner(loop_factory=factory) as runner:
             return runner.run(handler(settings, args))
     except KeyboardInterrupt:
         return 130
@@ -116,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop where it is installed: it spends a fraction of asyncio's CPU
-    on each callback and socket event, much of a pod's work."""
+    on each callback and socket event, much of a pod's work. Pods only: the commands
+    that start servers need `user=` for subprocesses, which uvloop does not take."""
     try:
         import uvloop
     except ImportError:  # no wheel for this platform: asyncio's own loop

@@ -214,7 +214,7 @@ class Gemini:
         """The job's state and, once it has them, its inlined results.
 
         The request goes through the SDK's own API client (same URL, headers, retries and
-        errors as `batches.get`); its answer is read with msgspec instead of the SDK's
+        errors as `batches.get`); its answer is read by `_raw_job` instead of the SDK's
         json.loads and pydantic models, since a finished job's inlined results are
         megabytes of JSON. The field mask (a partial response, which every Google API
         serves) leaves out the Operation's `response`, a second copy of those results.

@@ -178,3 +178,13 @@ async def test_long_step_is_kept_alive_by_heartbeats(nc: NATS) -> None:
     rt.stop.set()
     await task
     assert role.seen == [(b"block", 1)]
+
+
+def test_pods_run_on_uvloop_and_other_commands_on_asyncio() -> None:
+    """`batchyard run` gets uvloop's loop; the commands that start servers keep asyncio's,
+    whose subprocesses take `user=` (uvloop's do not)."""
+    import uvloop
+
+    from consumers.cli import _loop_factory
+
+    assert _loop_factory() is uvloop.new_event_loop
