@@ -181,8 +181,8 @@ async def test_long_step_is_kept_alive_by_heartbeats(nc: NATS) -> None:
 
 
 def test_pods_run_on_uvloop_and_other_commands_on_asyncio() -> None:
-    """`batchyard run` gets uvloop's loop; the commands that start servers keep asyncio's,
-    whose subprocesses take `user=` (uvloop's do not)."""
+    """Pods get uvloop's loop (`batchyard run`; the other commands keep asyncio's, whose
+    subprocesses take `user=`: `test_demo_exits_zero_and_its_summary_agrees`)."""
     import uvloop
 
     from consumers.cli import _loop_factory
