@@ -39,6 +39,7 @@ def json_response(
 
 # The fields one selection keeps, each with what it keeps of its value; {} keeps it whole.
 Mask = dict[str, "Mask"]
+_MASK_NAME = re.compile(r"[\w@*]+")
 _MASK_TOKEN = re.compile(r"[\w@*]+|[^\s\w@*]")
 _MASK_DEPTH = 16
 
@@ -60,8 +61,7 @@ def _selection(tokens: list[str], pos: int, depth: int, spec: str) -> tuple[Mask
     while True:
         node = mask
         while True:  # a path: name, then `.name` or `/name`
-            if pos >= len(tokens) or not _MASK_TOKEN.fullmatch(tokens[pos]) \
-                    or not (tokens[pos][0].isalnum() or tokens[pos][0] in "_@*"):
+            if pos >= len(tokens) or not _MASK_NAME.fullmatch(tokens[pos]):
                 raise _bad_mask(spec)
             node = node.setdefault(_camel(tokens[pos]), {})
             pos += 1
