@@ -179,3 +179,23 @@ async def stream_messages(nc: NATS, subject: str) -> list[bytes]:
             out.append(msg.data)
     finally:
         await sub.unsubscribe()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def interrupted(script: str, timeout: float) -> list[str]:
+    """Run `script` in a fresh Python, take the first line it prints, then SIGINT it: it
+    must exit 130 (its own KeyboardInterrupt handling) within 30 s. The line's words."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout
+    line = (await asyncio.wait_for(proc.stdout.readline(), timeout)).decode().split()
+    proc.send_signal(signal.SIGINT)
+    assert await asyncio.wait_for(proc.wait(), 30) == 130
+    return line

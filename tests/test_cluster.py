@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import sys
 import textwrap
 
 import nats
@@ -18,14 +16,7 @@ from consumers import provision
 from events import jetstream as defs
 from events import subjects
 from sandbox.cluster import nats_cluster
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from tests.harness import alive, interrupted
 
 
 async def _connect(urls: list[str]) -> NATS:
@@ -144,7 +135,7 @@ async def test_failure_inside_the_block_cleans_up() -> None:
             pids = [s.proc.pid for s in cluster.servers if s.proc]
             root = cluster.servers[0].store_dir.parent
             raise RuntimeError("boom")
-    assert len(pids) == 3 and not any(_alive(p) for p in pids)
+    assert len(pids) == 3 and not any(alive(p) for p in pids)
     assert not root.exists()
 
 
@@ -163,12 +154,7 @@ async def test_ctrl_c_cleans_up() -> None:
         except KeyboardInterrupt:
             sys.exit(130)
     """)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE)
-    assert proc.stdout
-    line = (await asyncio.wait_for(proc.stdout.readline(), 45)).decode().split()
-    proc.send_signal(signal.SIGINT)
-    assert await asyncio.wait_for(proc.wait(), 30) == 130
+    line = await interrupted(script, 45)
     pids, root = [int(p) for p in line[:3]], line[3]
-    assert not any(_alive(p) for p in pids)
+    assert not any(alive(p) for p in pids)
     assert not os.path.exists(root)

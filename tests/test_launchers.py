@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
-import sys
 import textwrap
 
 import asyncpg
@@ -13,14 +10,7 @@ import nats
 
 from sandbox.natsd import nats_server
 from sandbox.pg import postgres_server
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from tests.harness import alive, interrupted
 
 
 async def test_nats_restart_keeps_port_and_messages() -> None:
@@ -39,7 +29,7 @@ async def test_nats_restart_keeps_port_and_messages() -> None:
         assert (await nc.jetstream().get_msg("S", 1)).data == b"kept"
         await nc.close()
         store, pid = server.store_dir, server.proc.pid if server.proc else 0
-    assert not store.exists() and not _alive(pid)
+    assert not store.exists() and not alive(pid)
 
 
 async def test_postgres_starts_and_is_removed() -> None:
@@ -49,7 +39,7 @@ async def test_postgres_starts_and_is_removed() -> None:
         assert await conn.fetchval("SELECT current_database()") == "batchyard"
         await conn.close()
         root, pid = server.root, server.proc.pid if server.proc else 0
-    assert not root.exists() and not _alive(pid)
+    assert not root.exists() and not alive(pid)
 
 
 async def test_ctrl_c_cleans_up() -> None:
@@ -67,12 +57,7 @@ async def test_ctrl_c_cleans_up() -> None:
         except KeyboardInterrupt:
             sys.exit(130)
     """)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE)
-    assert proc.stdout
-    line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().split()
-    proc.send_signal(signal.SIGINT)
-    assert await asyncio.wait_for(proc.wait(), 30) == 130
+    line = await interrupted(script, 30)
     npid, ppid, ndir, pdir = int(line[0]), int(line[1]), line[2], line[3]
-    assert not _alive(npid) and not _alive(ppid)
+    assert not alive(npid) and not alive(ppid)
     assert not os.path.exists(ndir) and not os.path.exists(pdir)
