@@ -136,54 +136,52 @@ async def kill9(w: World) -> None:
     await drain(w)
 
 
+async def _first_half(w: World, prefix: str) -> list[SubmitRequest]:
+    """Start the pods, publish half the batches and let a few finish; the other half."""
+    await w.pods()
+    reqs = _batches(w, prefix, w.profile.batches)
+    half = len(reqs) // 2
+    await _publish(w, reqs[:half])
+    await finished_at_least(w, 3)
+    return reqs[half:]
+
+
 NATS_DOWN_S = 12.0  # longer than a JetStream API request's timeout (10 s in the pods)
 
 
 async def nats_restart(w: World) -> None:
     """nats-server stopped and started again mid-run; its file storage survives."""
     assert w.nats is not None
-    await w.pods()
-    reqs = _batches(w, "n", w.profile.batches)
-    half = len(reqs) // 2
-    await _publish(w, reqs[:half])
-    await finished_at_least(w, 3)
+    rest = await _first_half(w, "n")
     await w.nats.stop()
     w.fault("nats_restart")
     await asyncio.sleep(NATS_DOWN_S)
     await w.nats.start()
     w.mark()
-    await _publish(w, reqs[half:])
+    await _publish(w, rest)
     await drain(w)
 
 
 async def cluster_node(w: World) -> None:
     """A 3-node cluster, streams at 3 replicas; the BATCH leader is killed -9 mid-run."""
     assert w.cluster is not None
-    await w.pods()
-    reqs = _batches(w, "c", w.profile.batches)
-    half = len(reqs) // 2
-    await _publish(w, reqs[:half])
-    await finished_at_least(w, 3)
+    rest = await _first_half(w, "c")
     info = await w.js.stream_info(defs.BATCH)
     assert info.cluster is not None and info.cluster.leader
     victim = w.cluster.server(info.cluster.leader)
     victim.kill()
     w.fault("nats_node_kill9")
     w.figures["killed_node"] = victim.name
-    await _publish(w, reqs[half:])
+    await _publish(w, rest)
     await drain(w)
 
 
 async def pg_stop(w: World) -> None:
     """PostgreSQL stopped for 10 s mid-run."""
-    await w.pods()
-    reqs = _batches(w, "p", w.profile.batches)
-    half = len(reqs) // 2
-    await _publish(w, reqs[:half])
-    await finished_at_least(w, 3)
+    rest = await _first_half(w, "p")
     await w.pg.stop()
     w.fault("postgres_stop")
-    publishing = asyncio.create_task(_publish(w, reqs[half:]))
+    publishing = asyncio.create_task(_publish(w, rest))
     await asyncio.sleep(10)
     await w.pg.start()
     w.mark()
