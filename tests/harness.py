@@ -87,6 +87,12 @@ class Stack:
         self.pods.append(pod)
         return pod
 
+    async def pipeline_pods(self, **env: str) -> None:
+        """Two submit pods and two poll pods."""
+        for _ in range(2):
+            await self.pod("submit", **env)
+            await self.pod("poll", **env)
+
     async def started(self, timeout: float = 60.0) -> None:
         """Wait until every pod has logged pod.started (bound to its consumers)."""
         await wait_for(lambda: _all_started(self.pods), timeout, what="pods started")
@@ -199,3 +205,9 @@ async def interrupted(script: str, timeout: float) -> list[str]:
     proc.send_signal(signal.SIGINT)
     assert await asyncio.wait_for(proc.wait(), 30) == 130
     return line
+
+
+async def succeeded_at_least(db: asyncpg.Connection, n: int, timeout: float = 60.0) -> None:
+    """Wait until `n` batches have succeeded."""
+    await wait_for(lambda: db.fetchval("SELECT count(*) >= $1 FROM batchyard.batches "
+                                       "WHERE status = 'succeeded'", n), timeout)

@@ -12,7 +12,7 @@ from consumers import provision
 from events import jetstream as defs
 from sandbox.cluster import nats_cluster
 from tests.conftest import KEY
-from tests.harness import Stack, batch, submit, wait_finished, wait_for
+from tests.harness import Stack, batch, submit, succeeded_at_least, wait_finished
 
 
 async def test_pipeline_keeps_running_when_a_node_dies(migrated_url: str, emulator: Any,
@@ -28,15 +28,12 @@ async def test_pipeline_keeps_running_when_a_node_dies(migrated_url: str, emulat
                       emulator=emulator, key=KEY, tmp=tmp_path)
         stack.key_file.write_text(KEY)
         try:
-            for _ in range(2):
-                await stack.pod("submit")
-                await stack.pod("poll")
+            await stack.pipeline_pods()
             sizes = {f"c{n}": 12 + n for n in range(20)}
             for bid, n in sizes.items():
                 await submit(nc, batch(bid, n, output_dimensionality=8))
             db = await stack.db()
-            await wait_for(lambda: db.fetchval("SELECT count(*) >= 3 FROM batchyard.batches "
-                                               "WHERE status = 'succeeded'"), 60)
+            await succeeded_at_least(db, 3)
             cluster.servers[1].kill()
             assert await wait_finished(stack, len(sizes), timeout=180) == {
                 "succeeded": len(sizes)}

@@ -15,19 +15,13 @@ from events.payloads import Completed, Dead, Item, SubmitRequest, decode, encode
 from tests.harness import Stack, batch, stream_messages, submit, wait_finished, wait_for
 
 
-async def _pods(stack: Stack, **env: str) -> None:
-    for _ in range(2):
-        await stack.pod("submit", **env)
-        await stack.pod("poll", **env)
-
-
 def _job_names(state: dict) -> list[str]:
     return [j["display_name"] for j in state["jobs"]]
 
 
 async def test_200_batches_each_item_embedded_once(stack: Stack) -> None:
     """200 batches of 1 to 500 items: every item stored once, right dims, one job per attempt."""
-    await _pods(stack)
+    await stack.pipeline_pods()
     rng = random.Random(7)
     sizes = {f"b{n:03d}": rng.randint(1, 500) for n in range(200)}
     nc = await stack.nc()
@@ -71,7 +65,7 @@ async def test_default_dimensionality_is_the_models(stack: Stack) -> None:
 
 async def test_duplicates_and_redeliveries_create_no_second_job(stack: Stack) -> None:
     """The same batch published many times, with and without ids, makes one job."""
-    await _pods(stack)
+    await stack.pipeline_pods()
     nc = await stack.nc()
     js = nc.jetstream()
     reqs = [batch(f"dup{n}", 30) for n in range(10)]
@@ -106,7 +100,7 @@ async def test_kill_between_job_creation_and_db_update_adopts_the_job(stack: Sta
 async def test_server_errors_and_429_bursts_still_succeed(stack: Stack) -> None:
     """10% 5xx and bursts of 429 with RetryInfo: everything succeeds within budget."""
     await stack.emulator.set_faults(error_rate=0.1, rate_limit_burst=6, retry_delay_s=1, seed=3)
-    await _pods(stack)
+    await stack.pipeline_pods()
     nc = await stack.nc()
     for n in range(30):
         await submit(nc, batch(f"flaky{n}", 25 + n))
@@ -145,7 +139,7 @@ async def _jobs(stack: Stack, n: int) -> bool:
 async def test_per_item_errors_retry_only_those_then_dead_letter(stack: Stack) -> None:
     """Per-item errors: only failed items go round again; the last failures are dead."""
     await stack.emulator.set_faults(item_error_rate=0.3, seed=11)
-    await _pods(stack)
+    await stack.pipeline_pods()
     nc = await stack.nc()
     await submit(nc, batch("spotty", 200))
     counts = await wait_finished(stack, 1, timeout=120)
@@ -170,7 +164,7 @@ async def test_per_item_errors_retry_only_those_then_dead_letter(stack: Stack) -
 
 async def test_5mb_input_through_the_object_store(stack: Stack) -> None:
     """`batchyard publish` puts a 5 MB input in BATCH_INPUTS; it is uploaded as a file."""
-    await _pods(stack, BATCHYARD_MAX_JOB_TOKENS="2000000")  # one job, not shards
+    await stack.pipeline_pods(BATCHYARD_MAX_JOB_TOKENS="2000000")  # one job, not shards
     path = stack.tmp / "big.jsonl"
     text = "x" * 5000
     with path.open("wb") as f:
@@ -191,7 +185,7 @@ async def test_5mb_input_through_the_object_store(stack: Stack) -> None:
 
 async def test_sigterm_mid_run_loses_nothing(stack: Stack) -> None:
     """SIGTERM to every pod mid-run: each exits 0; new pods finish every batch."""
-    await _pods(stack)
+    await stack.pipeline_pods()
     nc = await stack.nc()
     for n in range(40):
         await submit(nc, batch(f"calm{n}", 20 + n))
@@ -200,7 +194,7 @@ async def test_sigterm_mid_run_loses_nothing(stack: Stack) -> None:
                                        "WHERE status = 'succeeded'"), 60)
     codes = await asyncio.gather(*(p.terminate() for p in list(stack.pods)))
     assert codes == [0, 0, 0, 0]
-    await _pods(stack)
+    await stack.pipeline_pods()
     assert await wait_finished(stack, 40, timeout=120) == {"succeeded": 40}
     assert await db.fetchval("SELECT count(*) FROM batchyard.embeddings") == sum(
         20 + n for n in range(40))
@@ -210,7 +204,7 @@ async def test_sigterm_mid_run_loses_nothing(stack: Stack) -> None:
 
 async def test_malformed_messages_do_not_affect_good_ones(stack: Stack) -> None:
     """Bad messages between good ones are dead-lettered with their reason; good ones pass."""
-    await _pods(stack)
+    await stack.pipeline_pods()
     nc = await stack.nc()
     js = nc.jetstream()
     bad = [b"not json", b"[]", b'{"batch_id": "x y", "items": []}', b"\xff\xfe\x00",

@@ -5,13 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from sandbox.pg import PostgresServer
-from tests.harness import Stack, batch, submit, wait_finished, wait_for
-
-
-async def _pods(stack: Stack) -> None:
-    for _ in range(2):
-        await stack.pod("submit")
-        await stack.pod("poll")
+from tests.harness import Stack, batch, submit, succeeded_at_least, wait_finished
 
 
 async def _check_once(stack: Stack, sizes: dict[str, int]) -> None:
@@ -26,15 +20,14 @@ async def _check_once(stack: Stack, sizes: dict[str, int]) -> None:
 
 async def test_nats_server_restart_mid_run(stack: Stack) -> None:
     """nats-server stopped and restarted mid-run (file storage kept): every batch finishes."""
-    await _pods(stack)
+    await stack.pipeline_pods()
     nc = await stack.nc()
     sizes = {f"n{i}": 15 + i for i in range(30)}
     for bid, n in sizes.items():
         await submit(nc, batch(bid, n, output_dimensionality=8))
     await nc.close()
     db = await stack.db()
-    await wait_for(lambda: db.fetchval("SELECT count(*) >= 3 FROM batchyard.batches "
-                                       "WHERE status = 'succeeded'"), 60)
+    await succeeded_at_least(db, 3)
     await db.close()
     await stack.natsd.stop()
     await asyncio.sleep(3)
@@ -46,14 +39,13 @@ async def test_nats_server_restart_mid_run(stack: Stack) -> None:
 
 async def test_postgres_stopped_for_seconds_mid_run(stack: Stack, pg: PostgresServer) -> None:
     """PostgreSQL down for 6 s mid-run: pods wait it out and every batch finishes once."""
-    await _pods(stack)
+    await stack.pipeline_pods()
     nc = await stack.nc()
     sizes = {f"p{i}": 12 + i for i in range(30)}
     for bid, n in sizes.items():
         await submit(nc, batch(bid, n, output_dimensionality=8))
     db = await stack.db()
-    await wait_for(lambda: db.fetchval("SELECT count(*) >= 3 FROM batchyard.batches "
-                                       "WHERE status = 'succeeded'"), 60)
+    await succeeded_at_least(db, 3)
     await db.close()
     await pg.stop()
     await asyncio.sleep(6)

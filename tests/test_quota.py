@@ -15,16 +15,10 @@ from tests.harness import Stack, batch, stream_messages, submit, wait_finished, 
 ACTIVE = ("BATCH_STATE_PENDING", "BATCH_STATE_RUNNING")
 
 
-async def _pods(stack: Stack, **env: str) -> None:
-    for _ in range(2):
-        await stack.pod("submit", **env)
-        await stack.pod("poll", **env)
-
-
 async def test_admission_never_exceeds_max_active_jobs(stack: Stack) -> None:
     """With room for 3 jobs, 40 batches all succeed and never more than 3 jobs run."""
     await stack.emulator.set_faults(max_active_jobs=3, job_pending_s=0.3, job_running_s=0.5)
-    await _pods(stack, BATCHYARD_MAX_ACTIVE_JOBS="3")
+    await stack.pipeline_pods(BATCHYARD_MAX_ACTIVE_JOBS="3")
     nc = await stack.nc()
     for n in range(40):
         await submit(nc, batch(f"q{n}", 15, output_dimensionality=8))
@@ -50,7 +44,7 @@ async def test_admission_never_exceeds_max_active_jobs(stack: Stack) -> None:
 async def test_long_429_waits_without_failing_or_hammering(stack: Stack) -> None:
     """Batch creation refused for many cooldowns: nothing fails, few creates per cooldown."""
     await stack.emulator.set_faults(create_429_for_s=12)
-    await _pods(stack, BATCHYARD_QUOTA_COOLDOWN="1s", BATCHYARD_QUOTA_COOLDOWN_MAX="2s")
+    await stack.pipeline_pods(BATCHYARD_QUOTA_COOLDOWN="1s", BATCHYARD_QUOTA_COOLDOWN_MAX="2s")
     nc = await stack.nc()
     for n in range(20):
         await submit(nc, batch(f"w{n}", 15, output_dimensionality=8))
@@ -68,7 +62,7 @@ async def test_long_429_waits_without_failing_or_hammering(stack: Stack) -> None
 async def test_gate_survives_a_restart_of_every_pod(stack: Stack) -> None:
     """The gate and the admission counts live outside the pods: a full restart keeps them."""
     await stack.emulator.set_faults(create_429_for_s=6)
-    await _pods(stack, BATCHYARD_QUOTA_COOLDOWN="2s", BATCHYARD_QUOTA_COOLDOWN_MAX="4s")
+    await stack.pipeline_pods(BATCHYARD_QUOTA_COOLDOWN="2s", BATCHYARD_QUOTA_COOLDOWN_MAX="4s")
     nc = await stack.nc()
     for n in range(6):
         await submit(nc, batch(f"r{n}", 15, output_dimensionality=8))
@@ -84,7 +78,7 @@ async def test_gate_survives_a_restart_of_every_pod(stack: Stack) -> None:
     await wait_for(closed, 30, what="gate closed")
     await stack.started()
     assert await asyncio.gather(*(p.terminate() for p in list(stack.pods))) == [0, 0, 0, 0]
-    await _pods(stack, BATCHYARD_QUOTA_COOLDOWN="2s", BATCHYARD_QUOTA_COOLDOWN_MAX="4s")
+    await stack.pipeline_pods(BATCHYARD_QUOTA_COOLDOWN="2s", BATCHYARD_QUOTA_COOLDOWN_MAX="4s")
     assert await wait_finished(stack, 6, timeout=90) == {"succeeded": 6}
     assert await stream_messages(nc, subjects.DEAD) == []
     code, out = await stack.cli("status", "--json")

@@ -101,9 +101,7 @@ async def test_shard_with_item_errors_retries_only_those(stack: Stack) -> None:
     shards; the batch ends succeeded or partial with every item accounted for once."""
     await stack.emulator.set_faults(item_error_rate=0.05, seed=5)
     env = {"BATCHYARD_MAX_JOB_TOKENS": "10000"}
-    for _ in range(2):
-        await stack.pod("submit", **env)
-        await stack.pod("poll", **env)
+    await stack.pipeline_pods(**env)
     nc = await stack.nc()
     await submit(nc, _big("spots", 3000, 40))
     counts = await wait_finished(stack, 1, timeout=180)
@@ -212,9 +210,7 @@ async def test_shards_failing_whole_go_round_then_online(stack: Stack) -> None:
     failures the items are embedded online; each item once, one batch.completed."""
     await stack.emulator.set_faults(job_outcome="failed")
     env = {"BATCHYARD_MAX_JOB_TOKENS": "1000"}
-    for _ in range(2):
-        await stack.pod("submit", **env)
-        await stack.pod("poll", **env)
+    await stack.pipeline_pods(**env)
     nc = await stack.nc()
     await submit(nc, _big("storm", 300, 40))
     assert await wait_finished(stack, 1, timeout=180) == {"succeeded": 1}
