@@ -135,7 +135,7 @@ class Poll:
     async def _unpark_shards(self, row: asyncpg.Record, recorded: list[asyncpg.Record]) -> None:
         """A replayed shard moves its batch back to submitted, once every shard exists."""
         inp = await load_input(self.app, int(row["input_seq"]))
-        if sum(int(r["items"]) for r in recorded if r["shard"] > 0) == len(inp.items):
+        if shards.covers(recorded, inp):
             await self.app.store.update(row["batch_id"], {"attempt": row["attempt"],
                                                           "status": "auth_failed"},
                                         status="submitted")

@@ -79,6 +79,11 @@ async def plan(app: App, inp: Input) -> tuple[list[list[Item]], dict[int, asyncp
     return split(inp.items, limit, done), {int(r["shard"]): r for r in recorded}
 
 
+def covers(recorded: list[asyncpg.Record], inp: Input) -> bool:
+    """Whether the recorded shards hold every item of the attempt (all were created)."""
+    return sum(int(r["items"]) for r in recorded if r["shard"] > 0) == len(inp.items)
+
+
 def part(inp: Input, recorded: list[asyncpg.Record], shard: int) -> Input:
     """Shard `shard`'s items of the attempt."""
     start = sum(int(r["items"]) for r in recorded if 0 < r["shard"] < shard)
@@ -91,7 +96,7 @@ async def settle(app: App, msg: Msg, inp: Input, *, stage: str) -> str | None:
     req = inp.request
     recorded = [r for r in await rows(app, req.batch_id, req.attempt) if r["shard"] > 0]
     if (not recorded or any(r["state"] not in TERMINAL for r in recorded)
-            or sum(int(r["items"]) for r in recorded) != len(inp.items)):
+            or not covers(recorded, inp)):
         return None
     failures: dict[str, ErrorDetail] = {}
     for r in recorded:
