@@ -5,17 +5,25 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all test demo deps venv lint typecheck unit bench chaos streams-export clean
+.PHONY: all test demo deps venv lint typecheck unit bench chaos streams-export upgrade clean
 
 all: test
 
-$(BIN)/batchyard: pyproject.toml
+# Installs come from uv.lock (hashed, every version pinned); pyproject.toml keeps the
+# ranges. uv itself is pinned here and lives in its own small venv.
+UV_VERSION := 0.13.9
+UV         := .uv/bin/uv
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+$(UV):
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-pip; }
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(PYTHON) -m venv .uv
+	.uv/bin/pip install -q uv==$(UV_VERSION)
+
+$(BIN)/batchyard: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra test --python $(PYTHON)
 	@touch $@
 
 venv: $(BIN)/batchyard
@@ -46,7 +54,7 @@ demo: deps
 	$(BIN)/batchyard demo
 
 bench: deps
-	$(BIN)/pip install -q -e '.[test,bench]'
+	$(UV) sync --frozen --extra test --extra bench --python $(PYTHON)
 	PYTHONWARNINGS=ignore $(BIN)/python -m tests.benchmarks
 
 # The chaos suite's full profile (CI runs its short profile inside `make test`).
@@ -56,5 +64,12 @@ chaos: deps
 streams-export: venv
 	$(BIN)/batchyard streams export deploy/nats
 
+# Re-lock to the newest versions the ranges allow, install them and run the tests; the
+# new uv.lock is then a deliberate commit.
+upgrade: | $(UV)
+	$(UV) lock --upgrade
+	$(UV) sync --frozen --extra test --python $(PYTHON)
+	$(MAKE) test
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .uv .pytest_cache .mypy_cache .ruff_cache

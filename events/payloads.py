@@ -215,7 +215,17 @@ def decode(data: bytes, typ: type[T]) -> T:
     except msgspec.DecodeError as exc:
         if not data.strip():
             raise InvalidMessage("empty message, expected a JSON object") from None
-        raise InvalidMessage(f"not valid JSON: {exc}") from None
+        raise _undecodable(data, exc) from None
+
+
+def _undecodable(data: bytes, exc: msgspec.DecodeError) -> InvalidMessage:
+    # msgspec 0.23 reports bad UTF-8 as a DecodeError in its own words (0.22 raised
+    # UnicodeDecodeError): the reason comes from the bytes, not from the library's text.
+    try:
+        data.decode()
+    except UnicodeDecodeError as bad:
+        return InvalidMessage(f"not valid UTF-8: {bad.reason} at byte {bad.start}")
+    return InvalidMessage(f"not valid JSON: {exc}")
 
 
 def decode_key_rotated(data: bytes) -> KeyRotated:
@@ -241,7 +251,7 @@ def decode_items_jsonl(data: bytes) -> list[Item]:
         except msgspec.ValidationError as exc:
             raise InvalidMessage(f"items_object: line {n}: {_reason(str(exc))}") from None
         except msgspec.DecodeError as exc:
-            raise InvalidMessage(f"items_object: line {n}: not valid JSON: {exc}") from None
+            raise InvalidMessage(f"items_object: line {n}: {_undecodable(line, exc)}") from None
     try:
         check_items(items)
     except ValueError as exc:

@@ -119,6 +119,8 @@ def test_items_jsonl_round_trip_and_errors() -> None:
     assert decode_items_jsonl(encode_items_jsonl(items)) == items
     with pytest.raises(InvalidMessage, match="line 2: not valid JSON"):
         decode_items_jsonl(b'{"id": "a", "text": "t"}\n{oops\n')
+    with pytest.raises(InvalidMessage, match="line 2: not valid UTF-8"):
+        decode_items_jsonl(b'{"id": "a", "text": "t"}\n{"id": "b", "text": "\xc3"}\n')
     with pytest.raises(InvalidMessage, match="duplicate id"):
         decode_items_jsonl(b'{"id": "a", "text": "t"}\n{"id": "a", "text": "t"}\n')
     with pytest.raises(InvalidMessage, match="must not be empty"):
