@@ -5,7 +5,7 @@ from __future__ import annotations
 import structlog
 from nats.aio.msg import Msg
 
-from consumers import letters, metrics
+from consumers import failpoints, letters, metrics
 from consumers.app import App, utcnow
 from consumers.inputs import Input, next_attempt
 from events import subjects
@@ -34,16 +34,18 @@ async def finish_attempt(app: App, msg: Msg, inp: Input, attempt: int,
     embedded = total - len(failed)
     if len(failed) < len(inp.items):
         await app.store.record_path(batch_id, path)
-    if whole_job_failed:
-        await app.store.update(batch_id, {"attempt": attempt},
-                               job_failures=(row["job_failures"] if row else 0) + 1)
+    # Counted in the same guarded update that moves the row on, so that a re-run of
+    # this attempt (a crash before that update) does not count the failure twice.
+    counted = ({"job_failures": (row["job_failures"] if row else 0) + 1}
+               if whole_job_failed else {})
     if failed and attempt + 1 < app.settings.max_item_attempts:
         nxt = await next_attempt(app, inp, failed, attempt + 1)
         await publish(app.js, subjects.SUBMIT, nxt, subjects.submit_id(batch_id, attempt + 1))
+        failpoints.hit("finish.before_row")
         await app.store.update(
             batch_id, {"attempt": attempt, "status": "submitted"}, attempt=attempt + 1,
             status="pending_submission", items_embedded=embedded, job_name=None,
-            input_file=None, last_error=_summary(failures))
+            input_file=None, last_error=_summary(failures), **counted)
         metrics.ITEMS.labels("retried").inc(len(failed))
         log.info("attempt.retrying", items=len(failed), next_attempt=attempt + 1)
         return "pending_submission"
@@ -54,14 +56,16 @@ async def finish_attempt(app: App, msg: Msg, inp: Input, attempt: int,
     status = "succeeded" if not dead else ("failed" if embedded == 0 else "partial")
     now = utcnow()
     if status != "failed":
-        done = Completed(batch_id=batch_id, job_name=job_name, status=status,  # type: ignore[arg-type]
+        done = Completed(batch_id=batch_id, attempt=attempt, job_name=job_name,
+                         status=status,  # type: ignore[arg-type]
                          items_total=total, items_embedded=embedded,
                          items_failed=dead, completed_at=now)
-        await publish(app.js, subjects.COMPLETED, done, subjects.completed_id(batch_id))
+        await publish(app.js, subjects.COMPLETED, done,
+                      subjects.completed_id(batch_id, attempt))
     await app.store.update(
         batch_id, {"attempt": attempt, "status": ["submitted", "submitting"]}, status=status,
         items_embedded=embedded, items_failed=dead,
-        last_error=_summary(failures) if failures else None, completed_at=now)
+        last_error=_summary(failures) if failures else None, completed_at=now, **counted)
     metrics.ITEMS.labels("embedded").inc(len(inp.items) - dead)
     if row is not None:
         metrics.BATCH_LATENCY.observe((now - row["created_at"]).total_seconds())

@@ -148,6 +148,10 @@ VARS: tuple[Var, ...] = (
     Var("BATCHYARD_LOG_LEVEL", "log_level", "info", _text, "debug, info, warning or error"),
     Var("BATCHYARD_FILE_SWEEP_INTERVAL", "file_sweep_interval", "10m", _positive_duration,
         "period of the poll role's sweep for input files of finished jobs"),
+    Var("BATCHYARD_NORMALIZE", "normalize", "true", boolean,
+        "store unit-length vectors (the API's are unit length only at 3072 dims)"),
+    Var("BATCHYARD_INLINE_MAX_ITEMS", "inline_max_items", "500", _int(1, 100_000),
+        "a job goes inline only with at most this many requests (and at most 1 MiB)"),
 )
 
 
@@ -186,6 +190,8 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     gemini_timeout: float
     log_level: str
     file_sweep_interval: float
+    normalize: bool
+    inline_max_items: int
 
     def __repr__(self) -> str:
         hidden = {"gemini_api_key", "nats_password"}

@@ -126,6 +126,7 @@ class AuthFailed(_Payload, frozen=True, kw_only=True):
 
 class Completed(_Payload, frozen=True, kw_only=True):
     batch_id: Id
+    attempt: Count = 0
     job_name: str | None
     status: Literal["succeeded", "partial"]
     items_total: Count

@@ -23,8 +23,10 @@ def poll_id(batch_id: str, attempt: int, shard: int = 0) -> str:
     return f"{base}#{shard}" if shard else base
 
 
-def completed_id(batch_id: str) -> str:
-    return f"completed:{batch_id}"
+def completed_id(batch_id: str, attempt: int) -> str:
+    # With the attempt: a re-driven batch finishing inside the duplicate window is
+    # announced again.
+    return f"completed:{batch_id}:{attempt}"
 
 
 def parked_id(seq: int) -> str:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import math
 
+from nats.aio.client import Client as NATS
+
+from events import jetstream as defs
 from events import subjects
-from events.payloads import Dead, decode
+from events.payloads import Completed, Dead, decode
 from tests.harness import Stack, batch, stream_messages, submit, wait_finished, wait_for
 
 
@@ -72,6 +75,45 @@ async def test_without_fallback_failed_jobs_end_failed_and_dead(stack: Stack) ->
     assert [(d.reason, len(d.items or [])) for d in dead] == [("job_failed", 30)]
     assert len(await _jobs(stack)) == 3
     await nc.close()
+
+
+async def test_a_whole_job_failure_counts_once_through_a_crash(stack: Stack) -> None:
+    """A poll pod killed after announcing the next attempt but before moving the row on:
+    the attempt is settled again by a peer, and its job failure is counted once."""
+    nc = await stack.nc()
+    await nc.jetstream().add_consumer(defs.BATCH, defs.POLL.config.evolve(ack_wait=3.0))
+    await stack.emulator.set_faults(job_outcome="failed")
+    env = {"BATCHYARD_FALLBACK_TO_ONLINE": "false"}
+    doomed = await stack.pod("poll", BATCHYARD_FAILPOINTS="finish.before_row", **env)
+    await stack.pod("submit", **env)
+    await submit(nc, batch("twice", 30))
+    assert await asyncio.wait_for(doomed.proc.wait(), 60) == -9
+    await stack.pod("poll", **env)
+    assert await wait_finished(stack, 1, timeout=90) == {"failed": 1}
+    db = await stack.db()
+    row = await db.fetchrow("SELECT * FROM batchyard.batches")
+    assert row["job_failures"] == 3 and row["attempt"] == 2
+    await db.close()
+    await nc.close()
+
+
+async def test_a_redriven_batch_is_announced_again(stack: Stack) -> None:
+    """batch.completed carries the attempt, and its Nats-Msg-Id too: a batch re-submitted
+    by an operator inside the duplicate window is announced for its new attempt."""
+    await stack.pod("submit", "poll")
+    nc = await stack.nc()
+    await submit(nc, batch("again", 30))
+    assert await wait_finished(stack, 1, timeout=60) == {"succeeded": 1}
+    await _cli(stack, "batches", "resubmit", "again")
+    await wait_for(lambda: _completed_attempts(nc), 60, what="second announcement")
+    assert await _completed_attempts(nc) == [0, 1]
+    await nc.close()
+
+
+async def _completed_attempts(nc: NATS) -> list[int] | None:
+    done = [decode(m, Completed) for m in await stream_messages(nc, subjects.COMPLETED)]
+    attempts = [d.attempt for d in done if d.batch_id == "again"]
+    return attempts if len(attempts) >= 2 else None
 
 
 async def test_bad_vectors_are_rejected_and_retried(stack: Stack) -> None:
