@@ -63,6 +63,8 @@ def term(label: str = "") -> Outcome:
 
 
 _HANDBACK = Outcome(Action.NAK, 0.0, "shutdown")
+# On a last delivery, the pauses between tries to write its dead letter (about 2 min).
+LAST_WORD_PAUSES = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 60.0)
 
 
 def backoff(deliveries: int, server_delay: float | None = None) -> float:
@@ -293,7 +295,35 @@ class _Loop:
             counter.inc()
 
     async def _outcome(self, msg: Msg) -> Outcome:
-        """Run the handler; map whatever it raises to exactly one outcome."""
+        """Run the handler; map whatever it raises to exactly one outcome.
+
+        A nak on the last delivery would strand the message (the server delivers it no
+        more), whichever path chose it: the message is dead-lettered instead.
+        """
+        outcome = await self._handled(msg)
+        if outcome.action is Action.NAK and self._last(msg):
+            return await self._last_word(msg, RetryableError(
+                f"deliveries exhausted ({outcome.name})"))
+        return outcome
+
+    def _last(self, msg: Msg) -> bool:
+        return bool(self.max_deliver) and msg.metadata.num_delivered >= self.max_deliver
+
+    async def _last_word(self, msg: Msg, exc: RetryableError) -> Outcome:
+        """Dead-letter a message on its last delivery, trying again in place while the
+        dead letter cannot be written (the heartbeat keeps the message ours)."""
+        for pause in (*LAST_WORD_PAUSES, None):
+            try:
+                return await self.role.reject(msg, exc)
+            except Exception as err:
+                log.warning("last_delivery.settle_failed", error=repr(err))
+            if pause is None:
+                break
+            await asyncio.sleep(pause)
+        log.error("message.stranded", error=exc.message)
+        return nak(0.0, "stranded")
+
+    async def _handled(self, msg: Msg) -> Outcome:
         role = self.role
         try:
             return await role.handle(msg)
@@ -313,9 +343,8 @@ class _Loop:
 
     async def _retry(self, msg: Msg, exc: RetryableError) -> Outcome:
         delivered = msg.metadata.num_delivered
-        if self.max_deliver and delivered >= self.max_deliver:
-            # The server would never deliver it again: dead-letter it now.
-            return await self._guard(msg, self.role.reject(msg, exc))
+        if self._last(msg):
+            return await self._last_word(msg, exc)
         delay = self.role.retry_delay(msg, exc)
         metrics.RETRIES.labels(self.role.name, "quota" if exc.quota else "transient").inc()
         log.info("retry.scheduled", error=exc.message, delay=round(delay, 2), delivery=delivered)

@@ -32,6 +32,7 @@ from events.publisher import publish
 log = structlog.get_logger("batchyard.submit")
 BUSY_DELAY = 5.0
 HOLD_PAUSE = 2.0  # after a hold, this pod fetches again no sooner than this
+RUNNING = ("submitting", "submitted")
 FALLBACK_AFTER = 2  # whole-job failures on the Batch API side before going online
 
 
@@ -63,13 +64,13 @@ class Submit:
         items = await load_items(app, req)
         row = await app.store.create_or_get(batch_id, req.model.removeprefix("models/"),
                                             len(items), req.attempt, req.source)
-        if (skip := await self._already(row, req)) is not None:
+        if (skip := await self._already(msg, row, req)) is not None:
             return skip
         async with app.store.claim(batch_id) as claimed:
             if not claimed:
-                return nak(BUSY_DELAY, "busy")
+                return await self._busy(msg)
             row = await app.store.get(batch_id)
-            if row is None or (skip := await self._already(row, req)) is not None:
+            if row is None or (skip := await self._already(msg, row, req)) is not None:
                 return skip or ACK
             inp = Input(req, items)
             crashed = row["status"] == "submitting" and row["attempt"] == req.attempt
@@ -114,12 +115,26 @@ class Submit:
         log.info("submit.held", reason=why)
         return Outcome(ACK.action, label="held")
 
-    async def _already(self, row: asyncpg.Record, req: SubmitRequest) -> Outcome | None:
+    async def _busy(self, msg: Msg) -> Outcome:
+        """Another pod is working on this batch: wait. On the last delivery the wait goes
+        on as a fresh copy (dead-lettering would kill a batch that is alive)."""
+        if msg.metadata.num_delivered < defs.SUBMIT_MAX_DELIVER:
+            return nak(BUSY_DELAY, "busy")
+        await publish(self.app.js, subjects.SUBMIT, msg.data,
+                      subjects.held_id(msg.metadata.sequence.stream))
+        return Outcome(ACK.action, label="requeued")
+
+    async def _already(self, msg: Msg, row: asyncpg.Record, req: SubmitRequest) -> Outcome | None:
         """ACK for a message whose attempt is stale or done; None when there is work."""
         attempt, status = row["attempt"], row["status"]
         if attempt > req.attempt or (attempt == req.attempt and status in FINISHED):
             log.info("submit.skipped", reason="attempt already handled", status=status)
             return ACK
+        if attempt < req.attempt and status in RUNNING:
+            # An earlier attempt still runs (its finish announces the next attempt just
+            # before moving the row on): taking the row now would orphan its job.
+            log.info("submit.waiting", reason="an earlier attempt is running", status=status)
+            return await self._busy(msg)
         if attempt == req.attempt and status == "submitted" and row["job_name"]:
             # The job exists: the poll hand-off may have been lost in a crash.
             await self._hand_to_poll(req.batch_id, attempt, row["job_name"])

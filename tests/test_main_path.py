@@ -226,3 +226,53 @@ async def test_malformed_messages_do_not_affect_good_ones(stack: Stack) -> None:
 async def _dead_count(nc: object, n: int) -> list[bytes] | None:
     msgs = await stream_messages(nc, subjects.DEAD)  # type: ignore[arg-type]
     return msgs if len(msgs) >= n else None
+
+
+async def test_a_batch_busy_past_its_deliveries_waits_as_a_copy(stack: Stack) -> None:
+    """While another holder keeps the batch's claim past every delivery of its message,
+    the message is put back as one fresh copy, never dead-lettered; it then succeeds."""
+    db = await stack.db()
+    # The claim is a session advisory lock: this connection takes it as a pod would.
+    assert await db.fetchval("SELECT pg_try_advisory_lock(hashtext('batchyard'), "
+                             "hashtext('busy'))")
+    await stack.pod("submit", "poll")
+    nc = await stack.nc()
+    await submit(nc, batch("busy", 30))
+
+    async def requeued() -> bool:
+        return len(await stream_messages(nc, subjects.SUBMIT)) >= 2
+
+    await wait_for(requeued, 90, what="the busy message put back as a copy")
+    assert await stream_messages(nc, subjects.DEAD) == []
+    await db.execute("SELECT pg_advisory_unlock_all()")
+    assert await wait_finished(stack, 1, timeout=60) == {"succeeded": 1}
+    assert await stream_messages(nc, subjects.DEAD) == []
+    await db.close()
+    await nc.close()
+
+
+async def test_a_later_attempt_waits_for_the_running_one(stack: Stack) -> None:
+    """A message of attempt 1 arriving while attempt 0's job runs waits: attempt 0's row
+    and job are left alone until it has finished."""
+    await stack.emulator.set_faults(job_pending_s=20)
+    await stack.pod("submit", "poll", BATCHYARD_POLL_INTERVAL="1s")
+    nc = await stack.nc()
+    db = await stack.db()
+    await submit(nc, batch("early", 30))
+    await wait_for(lambda: db.fetchval("SELECT status = 'submitted' FROM batchyard.batches "
+                                       "WHERE batch_id = 'early'"), 30)
+    await submit(nc, batch("early", 30, attempt=1))
+    await asyncio.sleep(6)
+    row = await db.fetchrow("SELECT * FROM batchyard.batches WHERE batch_id = 'early'")
+    assert (row["attempt"], row["status"]) == (0, "submitted")
+    assert _job_names(await stack.emulator.state()) == ["early:0"]
+    assert "submit.waiting" in stack.logs() and "handler.crashed" not in stack.logs()
+    await stack.emulator.advance(60)
+
+    async def announced() -> list[int] | None:
+        done = [decode(m, Completed) for m in await stream_messages(nc, subjects.COMPLETED)]
+        return [d.attempt for d in done] or None
+
+    assert (await wait_for(announced, 60))[0] == 0
+    await db.close()
+    await nc.close()

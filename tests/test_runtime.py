@@ -27,6 +27,7 @@ class Scripted:
     running: int = 0
     peak: int = 0
     gate: asyncio.Event = field(default_factory=asyncio.Event)
+    unwritable: set[bytes] = field(default_factory=set)  # its dead letter fails once
 
     async def ready(self) -> None:
         return None
@@ -60,11 +61,16 @@ class Scripted:
                 return nak(0.05)
             if body == b"drop":
                 return term("dropped")
+            if body.startswith(b"busy"):
+                return nak(0.05, "busy")
             return ACK
         finally:
             self.running -= 1
 
     async def reject(self, msg: Msg, error: object) -> Outcome:
+        if msg.data in self.unwritable:
+            self.unwritable.discard(msg.data)
+            raise RuntimeError("the dead letter could not be written")
         self.settled["reject"].append(msg.data)
         return term("rejected")
 
@@ -126,6 +132,22 @@ async def test_last_delivery_dead_letters_instead_of_stranding(nc: NATS) -> None
     rt.stop.set()
     await task
     assert [n for _, n in role.seen] == list(range(1, defs.SUBMIT_MAX_DELIVER + 1))
+    await _until_pending(nc, (0, 0))
+
+
+async def test_a_handler_nak_on_the_last_delivery_dead_letters(nc: NATS) -> None:
+    """A nak the handler chose ("busy") on the last delivery is a dead letter too, and a
+    dead letter that fails to write is tried again in place, not nak'ed into the void."""
+    role = Scripted(unwritable={b"busy-2"})
+    rt = Runtime(nc.jetstream(), [role], concurrency=2, drain_timeout=5)
+    task = asyncio.create_task(rt.run())
+    await _publish(nc, b"busy-1", b"busy-2")
+    await _until(lambda: sorted(role.settled["reject"]) == [b"busy-1", b"busy-2"], 30)
+    rt.stop.set()
+    await task
+    for body in (b"busy-1", b"busy-2"):
+        assert [n for d, n in role.seen if d == body] == list(
+            range(1, defs.SUBMIT_MAX_DELIVER + 1))
     await _until_pending(nc, (0, 0))
 
 
