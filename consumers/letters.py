@@ -43,6 +43,11 @@ def readable_batch_id(payload: Any) -> str | None:
     return value if isinstance(value, str) and _ID.fullmatch(value) else None
 
 
+def _attempt(payload: Any) -> int:
+    value = payload.get("attempt", 0) if isinstance(payload, dict) else 0
+    return value if isinstance(value, int) else 0
+
+
 async def dead_letter(app: App, msg: Msg, *, stage: str, reason: str,
                       error: ErrorDetail | None, batch_id: str | None = None,
                       payload: Any = None, items: list[DeadItem] | None = None,
@@ -72,11 +77,13 @@ async def reject(app: App, msg: Msg, error: InvalidMessage | BatchyardError, *, 
         detail = error.detail()
         reason = "deliveries_exhausted" if isinstance(error, RetryableError) \
             else "permanent_error"
-    batch_id = readable_batch_id(original(msg.data))
+    body = original(msg.data)
+    batch_id = readable_batch_id(body)
     await dead_letter(app, msg, stage=stage, reason=reason, error=detail, batch_id=batch_id)
     if batch_id is not None and not isinstance(error, InvalidMessage):
-        await app.store.update(batch_id, {"status": working}, status="dead",
-                               last_error=detail.message)
+        # Only the attempt this message carries: a later attempt may be alive.
+        await app.store.update(batch_id, {"status": working, "attempt": _attempt(body)},
+                               status="dead", last_error=detail.message)
     return reason
 
 

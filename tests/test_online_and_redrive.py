@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 
+import aiohttp
 from nats.aio.client import Client as NATS
 
 from events import jetstream as defs
@@ -195,5 +196,30 @@ async def test_redrive_commands_twice_at_once_act_once(stack: Stack) -> None:
     # Its admission slot is given back: a cancelled job no longer counts as active.
     assert await db.fetchval("SELECT state FROM batchyard.jobs "
                              "WHERE batch_id = 'halt'") == "cancelled"
+    await db.close()
+    await nc.close()
+
+
+async def test_a_dead_letter_leaves_a_later_attempt_alone(stack: Stack) -> None:
+    """A poll of attempt 0 that dead-letters (its job deleted through the API) while the
+    row has moved on to attempt 1 marks nothing dead: the reject is guarded by attempt."""
+    await stack.emulator.set_faults(job_pending_s=600)
+    await stack.pod("submit", "poll", BATCHYARD_POLL_INTERVAL="1s")
+    nc = await stack.nc()
+    db = await stack.db()
+    await submit(nc, batch("moved", 30))
+    job = await wait_for(lambda: db.fetchval(
+        "SELECT job_name FROM batchyard.batches WHERE status = 'submitted'"), 30)
+    # Every call now takes 2 s: the row moves on while the poll's get_job is under way.
+    await stack.emulator.set_faults(job_pending_s=600, latency_ms=2000)
+    async with aiohttp.ClientSession() as http:
+        url = f"{stack.emulator.url}/v1beta/{job}?key={stack.key}"
+        async with http.delete(url) as resp:
+            assert resp.status == 200, await resp.text()
+    await db.execute("UPDATE batchyard.batches SET attempt = 1 WHERE batch_id = 'moved'")
+    dead = await wait_for(lambda: stream_messages(nc, subjects.DEAD), 30, what="dead letter")
+    assert decode(dead[0], Dead).reason == "permanent_error"
+    row = await db.fetchrow("SELECT * FROM batchyard.batches WHERE batch_id = 'moved'")
+    assert (row["attempt"], row["status"]) == (1, "submitted")
     await db.close()
     await nc.close()
