@@ -195,11 +195,21 @@ def alive(pid: int) -> bool:
     return True
 
 
+def _default_sigint() -> None:
+    # A job started with `&` by a non-interactive shell (`make test &`, a script running
+    # several suites side by side on a busy machine) has SIGINT *ignored*, and children
+    # and exec keep it so. Python then installs no KeyboardInterrupt handler, nor does
+    # asyncio.run, so the SIGINT below is dropped and the script sleeps on. Ctrl-C at a
+    # terminal always has the default action, which is what these tests simulate.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def interrupted(script: str, timeout: float) -> list[str]:
     """Run `script` in a fresh Python, take the first line it prints, then SIGINT it: it
     must exit 130 (its own KeyboardInterrupt handling) within 30 s. The line's words."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE)
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE,
+        preexec_fn=_default_sigint)
     assert proc.stdout
     line = (await asyncio.wait_for(proc.stdout.readline(), timeout)).decode().split()
     proc.send_signal(signal.SIGINT)
