@@ -156,8 +156,14 @@ class Poll:
 
     async def reject(self, msg: Msg, error: InvalidMessage | PermanentError | RetryableError,
                      ) -> Outcome:
-        return term(await letters.reject(self.app, msg, error, stage="poll",
-                                         working=["submitted"]))
+        reason = await letters.reject(self.app, msg, error, stage="poll",
+                                      working=["submitted"])
+        if not isinstance(error, InvalidMessage):
+            # The job will not be polled again: its slot comes back now (the sweep's
+            # reconcile would find it later).
+            req = decode(msg.data, PollRequest)
+            await self.app.quota.finished(req.batch_id, req.attempt, "failed", req.shard)
+        return term(reason)
 
     async def park(self, msg: Msg, error: AuthError) -> Outcome:
         req = decode(msg.data, PollRequest)

@@ -30,9 +30,8 @@ WITH active AS (
     SELECT count(*) AS jobs,
            coalesce(sum(est_tokens) FILTER (WHERE model = $7), 0) AS tokens
     FROM batchyard.jobs j JOIN batchyard.batches b USING (batch_id)
-    WHERE j.state IN ('pending', 'running')
-       -- a creation interrupted by a crash or shutdown stops counting after a while
-       OR (j.state = 'creating' AND j.created_at > now() - interval '10 minutes')
+    -- a creation counts until it is known not to exist: the sweep reconciles it
+    WHERE j.state IN ('creating', 'pending', 'running')
 )
 INSERT INTO batchyard.jobs (batch_id, attempt, shard, display_name, state, items, est_tokens)
 SELECT $1, $2, $9::integer, $3, 'creating', $4, $5::bigint FROM active

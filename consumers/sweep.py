@@ -17,7 +17,7 @@ import structlog
 from consumers import metrics
 from consumers.app import App
 from consumers.errors import AuthError, PermanentError, RetryableError
-from consumers.gemini import TERMINAL
+from consumers.gemini import TERMINAL, TRANSFER_TIMEOUT, Job
 from consumers.store import FINISHED, db_errors
 
 log = structlog.get_logger("batchyard.sweep")
@@ -80,6 +80,61 @@ async def sweep_files(app: App) -> int:
     return deleted
 
 
+_STALE = """
+SELECT batch_id, attempt, shard, job_name, display_name, state,
+       created_at < now() - make_interval(secs => $2) AS abandoned
+FROM batchyard.jobs
+WHERE state IN ('creating', 'pending', 'running')
+  AND created_at < now() - make_interval(secs => $1)
+ORDER BY created_at LIMIT $3
+"""
+RECONCILE_LIMIT = 200  # rows looked up per round: the API calls of one round are bounded
+# A creation no lookup finds is given up only after the longest an upload and a create
+# can take: until then it may still be under way in a pod.
+CREATING_GRACE = TRANSFER_TIMEOUT + 600.0
+
+
+async def reconcile_jobs(app: App) -> int:
+    """Rows still counted as active for longer than a sweep interval, checked with the
+    API: a terminal, deleted (404) or never-created job gives its slot back. Returns how
+    many rows changed."""
+    async with db_errors():
+        stale = await app.store.pool.fetch(_STALE, app.settings.file_sweep_interval,
+                                           max(CREATING_GRACE, app.settings.file_sweep_interval),
+                                           RECONCILE_LIMIT)
+    changed = 0
+    for r in stale:
+        key = (r["batch_id"], r["attempt"], r["shard"])
+        job: Job | None
+        try:
+            job = (await app.gemini.get_job(r["job_name"]) if r["job_name"]
+                   else await app.gemini.find_job(r["display_name"]))
+        except PermanentError as exc:
+            if exc.code != 404:
+                raise
+            job = None
+        if job is None and r["state"] == "creating":
+            if r["abandoned"]:
+                await app.quota.release(*key)
+                changed += 1
+                log.info("job.reconciled", display_name=r["display_name"], outcome="never made")
+            continue
+        if job is None:
+            await app.quota.finished(*key[:2], "cancelled", key[2])
+        elif r["state"] == "creating":
+            await app.quota.created(*key[:2], job.name, None, shard=key[2])
+            if job.done:
+                await app.quota.finished(*key[:2], job.state, key[2])
+        elif job.done:
+            await app.quota.finished(*key[:2], job.state, key[2])
+        else:
+            continue
+        changed += 1
+        log.info("job.reconciled", display_name=r["display_name"],
+                 outcome=job.state if job else "unknown to the API")
+    return changed
+
+
 async def forget_file(app: App, file_name: str) -> None:
     """Delete an input file now that its job needs it no more; the sweep retries a failure."""
     try:
@@ -92,7 +147,8 @@ async def sweep_forever(app: App) -> None:
     """The poll role's periodic sweep, until cancelled; a bad key just skips a round."""
     while True:
         await asyncio.sleep(app.settings.file_sweep_interval)
-        try:
-            await sweep_files(app)
-        except (RetryableError, PermanentError, AuthError) as exc:
-            log.warning("file.sweep_failed", error=exc.message)
+        for step in (reconcile_jobs, sweep_files):
+            try:
+                await step(app)
+            except (RetryableError, PermanentError, AuthError) as exc:
+                log.warning("sweep.failed", step=step.__name__, error=exc.message)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import aiohttp
 import msgspec
 
 from events import jetstream as defs
@@ -86,4 +87,41 @@ async def test_gate_survives_a_restart_of_every_pod(stack: Stack) -> None:
     quota = json.loads(out)["quota"]
     assert quota["active_jobs"] == 0 and quota["batches_waiting"] == 0
     assert quota["max_active_jobs"] == 100 and quota["gate"]["state"] in ("open", "closed")
+    await nc.close()
+
+
+async def test_a_deleted_job_gives_its_slot_back(stack: Stack) -> None:
+    """A job deleted through the API dead-letters its batch and frees its slot; a row
+    left active anyway is reconciled with the API by the poll role's sweep."""
+    env = {"BATCHYARD_MAX_ACTIVE_JOBS": "1", "BATCHYARD_FILE_SWEEP_INTERVAL": "1s",
+           "BATCHYARD_POLL_INTERVAL": "1s"}
+    await stack.emulator.set_faults(job_pending_s=600)
+    await stack.pod("submit", "poll", **env)
+    nc = await stack.nc()
+    db = await stack.db()
+    await submit(nc, batch("deleted", 30))
+    job = await wait_for(lambda: db.fetchval(
+        "SELECT job_name FROM batchyard.jobs WHERE state = 'pending'"), 30)
+    async with aiohttp.ClientSession() as http:
+        url = f"{stack.emulator.url}/v1beta/{job}?key={stack.key}"
+        async with http.delete(url) as resp:
+            assert resp.status == 200, await resp.text()
+    await wait_for(lambda: db.fetchval("SELECT status = 'dead' FROM batchyard.batches "
+                                       "WHERE batch_id = 'deleted'"), 30)
+    active = "SELECT count(*) FROM batchyard.jobs WHERE state IN ('creating','pending','running')"
+    assert await db.fetchval(active) == 0
+    # The one slot is free: the next batch gets its job.
+    await stack.emulator.set_faults()
+    await submit(nc, batch("after", 30))
+    assert await wait_finished(stack, 2, timeout=60) == {"dead": 1, "succeeded": 1}
+    # A row left active by a path that missed its end is found by the sweep.
+    await db.execute("UPDATE batchyard.jobs SET state = 'running', finished_at = NULL, "
+                     "created_at = now() - interval '1 hour' WHERE batch_id = 'deleted'")
+    async def reconciled() -> bool:
+        return await db.fetchval(active + " AND batch_id = 'deleted'") == 0
+
+    await wait_for(reconciled, 30, what="the leaked row reconciled")
+    assert await db.fetchval(active) == 0
+    assert "job.reconciled" in stack.logs()
+    await db.close()
     await nc.close()
