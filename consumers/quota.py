@@ -55,18 +55,19 @@ class Quota:
         self.paused_until = 0.0  # this pod holds off fetching after a hold
 
     async def reserve(self, batch_id: str, attempt: int, display_name: str, items: int,
-                      est_tokens: int, model: str, shard: int = 0) -> bool:
-        """Take a slot for this attempt's job; False when the Batch API has no room."""
+                      est_tokens: int, model: str, shard: int = 0) -> str | None:
+        """Take a slot for this attempt's job: "new", "again" when an earlier try holds
+        it (its creation may have made the job), None when the Batch API has no room."""
         async with db_errors(), self.store.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('batchyard.admission'))")
             if await conn.fetchval(
                     "SELECT true FROM batchyard.jobs WHERE batch_id = $1 AND attempt = $2 "
                     "AND shard = $3", batch_id, attempt, shard):
-                return True  # reserved before a crash: the slot is already ours
+                return "again"  # reserved by an earlier try: the slot is already ours
             state = await conn.fetchval(
                 _ADMIT, batch_id, attempt, display_name, items, est_tokens,
                 self.settings.max_active_jobs, model, self.settings.max_enqueued_tokens, shard)
-        return state is not None
+        return None if state is None else "new"
 
     async def created(self, batch_id: str, attempt: int, job_name: str,
                       input_file: str | None, shard: int = 0) -> None:

@@ -188,18 +188,23 @@ class Submit:
         app, req = self.app, inp.request
         batch_id, attempt = req.batch_id, req.attempt
         name = subjects.display_name(batch_id, attempt, shard)
-        if not await app.quota.reserve(batch_id, attempt, name, len(inp.items),
-                                       inp.est_tokens(), inp.model, shard=shard):
+        reserved = await app.quota.reserve(batch_id, attempt, name, len(inp.items),
+                                           inp.est_tokens(), inp.model, shard=shard)
+        if reserved is None:
             return await self._hold(msg, "no room: active jobs or enqueued tokens at limit")
+        # An earlier try's creation may have made the job: look it up before creating.
+        adopt = adopt or reserved == "again"
         if not adopt and not await app.quota.may_create():
             await app.quota.release(batch_id, attempt, shard)
             return await self._hold(msg, "the quota gate is closed")
         try:
             job, input_file = await self._create(inp, name, adopt=adopt)
         except RetryableError as exc:
-            await app.quota.release(batch_id, attempt, shard)
             if not exc.quota:
+                # No answer, or a 5xx: the job may exist. Row and slot stay, and the next
+                # try looks the job up by display_name before it creates one.
                 raise
+            await app.quota.release(batch_id, attempt, shard)
             await app.quota.close(exc.delay, exc.message)
             return await self._hold(msg, f"429 on creation: {exc.message}")
         except AuthError:
@@ -238,7 +243,11 @@ class Submit:
         file_name = await app.gemini.upload_jsonl(data, name)
         try:
             job = await app.gemini.create_job(inp.model, name, file_name=file_name)
-        except (RetryableError, PermanentError, AuthError):
+        except RetryableError as exc:
+            if exc.quota:  # answered: no job reads the file
+                await forget_file(app, file_name)
+            raise  # else a job may read it: the sweep deletes it once that job is over
+        except (PermanentError, AuthError):
             await forget_file(app, file_name)
             raise
         return job, file_name

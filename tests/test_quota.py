@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 
 import aiohttp
 import msgspec
@@ -123,5 +124,32 @@ async def test_a_deleted_job_gives_its_slot_back(stack: Stack) -> None:
     await wait_for(reconciled, 30, what="the leaked row reconciled")
     assert await db.fetchval(active) == 0
     assert "job.reconciled" in stack.logs()
+    await db.close()
+    await nc.close()
+
+
+async def test_lost_create_answers_never_pay_twice(stack: Stack) -> None:
+    """Half the accepted creates make their job and answer 503: every display name still
+    has exactly one job, through holds (admission 3) and shards, and every batch ends."""
+    env = {"BATCHYARD_MAX_ACTIVE_JOBS": "3", "BATCHYARD_MAX_JOB_TOKENS": "2000",
+           "BATCHYARD_POLL_INTERVAL": "1s", "BATCHYARD_FILE_SWEEP_INTERVAL": "2s"}
+    await stack.emulator.set_faults(create_lost_rate=0.5, seed=20, job_pending_s=1,
+                                    job_running_s=1)
+    for _ in range(2):
+        await stack.pod("submit", "poll", **env)
+    nc = await stack.nc()
+    for n in range(12):
+        await submit(nc, batch(f"small{n}", 20))
+    for n in range(2):  # about 3,600 tokens each: two shards
+        await submit(nc, batch(f"big{n}", 400))
+    assert await wait_finished(stack, 14, timeout=240) == {"succeeded": 14}
+    state = await stack.emulator.state()
+    names = Counter(j["display_name"] for j in state["jobs"])
+    assert names and set(names.values()) == {1}, names
+    assert sum(1 for n in names if n.startswith("big")) >= 4
+    assert "job.adopted" in stack.logs()  # lost answers happened, and were looked up
+    db = await stack.db()
+    assert await db.fetchval("SELECT count(*) FROM batchyard.jobs "
+                             "WHERE state IN ('creating', 'pending', 'running')") == 0
     await db.close()
     await nc.close()

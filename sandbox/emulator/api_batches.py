@@ -63,6 +63,9 @@ async def create(call: Call) -> web.StreamResponse:
         display_name=display_name if isinstance(display_name, str) else None,
         key=call.key, input_config=input_config, input_file=input_file, est_tokens=est_tokens,
     )
+    if call.state.dice.chance(call.state.faults.create_lost_rate):
+        call.state.injected["lost_create"] += 1
+        raise errors.server_error(503)
     return _operation(call, job)
 
 

@@ -12,7 +12,8 @@ from .errors import SERVER_ERRORS
 JobOutcome = Literal["failed", "cancelled", "expired", "never"]
 BadVector = Literal["wrong_length", "nan", "zeros"]
 
-_RATES = ("error_rate", "rate_limit_rate", "job_outcome_rate", "item_error_rate", "bad_vector_rate")
+_RATES = ("error_rate", "rate_limit_rate", "job_outcome_rate", "item_error_rate", "bad_vector_rate",
+          "create_lost_rate")
 _NON_NEGATIVE = (
     "retry_delay_s", "rate_limit_burst", "latency_ms", "download_latency_ms",
     "job_pending_s", "job_running_s", "max_active_jobs", "max_job_tokens",
@@ -42,6 +43,10 @@ class Faults(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_job_tokens: int | None = None
     max_enqueued_tokens: int | None = None
     create_429_for_s: float = 0.0
+    # An accepted batch create makes its job, then answers 503: the lost answer after
+    # which a retried create would pay for a second job.
+    create_lost_rate: float = 0.0
+    online_drop_one: bool = False  # batchEmbedContents answers one embedding too few
 
     def __post_init__(self) -> None:
         for name in _RATES:
