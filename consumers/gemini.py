@@ -259,11 +259,27 @@ class Gemini:
 
     async def embed(self, model: str, texts: list[str],
                     config: dict[str, Any] | None = None) -> list[list[float] | None]:
-        """Online embeddings (batchEmbedContents) for up to 100 texts."""
+        """Online embeddings (batchEmbedContents) for up to 100 texts, one request each.
+
+        The body is the one `models.embed_content` sends for a list of texts on
+        gemini-embedding-001, sent through the SDK's own API client, on every model: on
+        gemini-embedding-2 (multimodal to the SDK) that call joins the texts into one
+        Content of several parts, which is one vector (GEMINI_API.md §9.3). The answer is
+        read as that call reads it and returned as it is: the caller checks its count.
+        """
         async with self._call("models.embed_content"):
-            resp = await (await self._aio()).models.embed_content(
-                model=model, contents=texts, config=config or None)
-        return [e.values for e in (resp.embeddings or [])]
+            aio = await self._aio()
+            name = genai_names.t_model(aio._api_client, model)
+            extra = {_CAMEL[k]: v for k, v in (config or {}).items() if v is not None}
+            body = {"requests": [{"model": name, "content": {"parts": [{"text": t}],
+                                                             "role": "user"}, **extra}
+                                 for t in texts]}
+            resp = await aio._api_client.async_request(
+                "post", f"{name}:batchEmbedContents", body, None)
+            data = json.loads(resp.body) if resp.body else {}
+            got = types.EmbedContentResponse._from_response(
+                response={"embeddings": data.get("embeddings")}, kwargs={})
+        return [e.values for e in (got.embeddings or [])]
 
 
 async def _listed(pager: Any, max_pages: int) -> AsyncIterator[Any]:

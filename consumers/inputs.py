@@ -28,8 +28,9 @@ JSON_ESCAPE, LINE_FRAMING = 6, 192
 # Items of a retry are put in the object store above this, to stay under max_payload.
 MESSAGE_ITEMS_MAX_BYTES = 768 * 1024
 
-MODEL_DIMS = {"gemini-embedding-001": 3072, "text-embedding-004": 768,
-              "gemini-embedding-exp-03-07": 3072, "embedding-001": 768}
+# Served models only: text-embedding-004, embedding-001 and gemini-embedding-exp-03-07
+# are retired (404), and a model not listed here is checked for no length.
+MODEL_DIMS = {"gemini-embedding-001": 3072, "gemini-embedding-2": 3072}
 
 
 class _Part(msgspec.Struct):

@@ -1,8 +1,10 @@
 """Online embeddings (batchEmbedContents): small batches, and the Batch API's fallback.
 
-Calls go 100 texts at a time, a few at once; a retryable error retries that call in
-place with backoff (the server's RetryInfo delay wins) within a small budget, then
-gives up to the message's own redelivery.
+Calls go 100 texts at a time, a few at once, each text its own request (so its own
+vector, on gemini-embedding-2 too); an answer with a different count fails that call's
+items for this attempt. A retryable error retries that call in place with backoff (the
+server's RetryInfo delay wins) within a small budget, then gives up to the message's own
+redelivery.
 """
 
 from __future__ import annotations
@@ -45,7 +47,12 @@ async def embed_online(app: App, inp: Input) -> list[list[float] | None]:
                     metrics.RETRIES.labels("online", "quota" if exc.quota else "transient").inc()
                     log.info("online.retry", error=exc.message, delay=round(delay, 2))
                     await asyncio.sleep(delay)
-            out[n] = list(got) + [None] * (len(chunks[n]) - len(got))
+            if len(got) != len(chunks[n]):
+                # Which answer is whose cannot be told: none is stored, and every item
+                # of the call fails this attempt and goes round (CONTRACT §8).
+                log.warning("online.count_mismatch", texts=len(chunks[n]), vectors=len(got))
+                got = [None] * len(chunks[n])
+            out[n] = list(got)
 
     try:
         async with asyncio.TaskGroup() as tg:

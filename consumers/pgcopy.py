@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from consumers.vectors import unit_rows
+
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 TRAILER = struct.pack(">h", -1)
 _FLOAT4_OID = 700
@@ -27,8 +29,12 @@ def _text(value: str) -> bytes:
     return _FIELD.pack(len(data)) + data
 
 
-def encode_rows(model: str, batch_id: str, rows: Sequence[tuple[str, np.ndarray]]) -> bytes:
-    """One COPY … (FORMAT binary) stream of (item_id, model, batch_id, dims, embedding)."""
+def encode_rows(model: str, batch_id: str, rows: Sequence[tuple[str, np.ndarray]],
+                normalize: bool = False) -> bytes:
+    """One COPY … (FORMAT binary) stream of (item_id, model, batch_id, dims, embedding).
+
+    With `normalize`, every vector is stored at unit length (no row may be all zeros).
+    """
     fixed = _text(model) + _text(batch_id)
     parts: list[Any] = [HEADER]  # bytes, and rows of a numpy matrix
     sizes = {int(vector.size) for _, vector in rows}
@@ -36,7 +42,8 @@ def encode_rows(model: str, batch_id: str, rows: Sequence[tuple[str, np.ndarray]
         n = sizes.pop()
         matrix = np.empty((len(rows), n), dtype=_ELEMENT)
         matrix["len"] = 4
-        matrix["value"] = np.stack([vector for _, vector in rows])
+        stacked = np.stack([vector for _, vector in rows])
+        matrix["value"] = unit_rows(stacked) if normalize else stacked
         tail = fixed + _FIELD.pack(4) + _FIELD.pack(n) + _array_header(n)
         for (item_id, _), row in zip(rows, matrix.view(np.uint8), strict=True):
             parts += (_ROW.pack(len(COLUMNS)), _text(item_id), tail, row)
@@ -45,7 +52,7 @@ def encode_rows(model: str, batch_id: str, rows: Sequence[tuple[str, np.ndarray]
             n = int(vector.size)
             elements = np.empty(n, dtype=_ELEMENT)
             elements["len"] = 4
-            elements["value"] = vector
+            elements["value"] = unit_rows(vector) if normalize else vector
             parts += (_ROW.pack(len(COLUMNS)), _text(item_id), fixed, _FIELD.pack(4),
                       _FIELD.pack(n), _array_header(n), elements.tobytes())
     parts.append(TRAILER)

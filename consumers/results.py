@@ -54,7 +54,7 @@ def check_vector(vector: np.ndarray, dims: int | None) -> str | None:
         return "empty embedding"
     if not np.isfinite(vector).all():
         return "embedding has non-finite values"
-    if not vector.any():
+    if not vector.any():  # and so no direction to normalise to
         return "embedding has zero norm"
     return None
 
@@ -68,6 +68,7 @@ class Ingest:
         self.batch_id = inp.request.batch_id
         self.model = inp.model
         self.dims = inp.dims
+        self.normalize = app.settings.normalize
         self.order = [item.id for item in inp.items]
         # Positions, not fresh key strings: memory stays at the input's own ids.
         self.position = {key: n for n, key in enumerate(self.order)}
@@ -101,7 +102,8 @@ class Ingest:
 
     async def flush(self) -> None:
         rows, self.rows = self.rows, []
-        await self.app.store.write_embeddings(self.model, self.batch_id, rows)
+        # Rows are normalised as they are encoded: the one numpy pass over the flush.
+        await self.app.store.write_embeddings(self.model, self.batch_id, rows, self.normalize)
 
     async def feed(self, chunk: bytes) -> None:
         """Take the next chunk of a results file."""

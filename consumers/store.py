@@ -108,8 +108,9 @@ class Store:
                 batch_id, path)
 
     async def write_embeddings(self, model: str, batch_id: str,
-                               rows: Sequence[tuple[str, np.ndarray]]) -> None:
-        """Upsert embeddings by (item_id, model) at COPY speed.
+                               rows: Sequence[tuple[str, np.ndarray]],
+                               normalize: bool = False) -> None:
+        """Upsert embeddings by (item_id, model) at COPY speed, at unit length if `normalize`.
 
         New items, the usual case, are copied straight into the table; if any is already
         there, the transaction rolls back and the rows go through a temporary table
@@ -117,7 +118,7 @@ class Store:
         """
         if not rows:
             return
-        data = encode_rows(model, batch_id, rows)
+        data = encode_rows(model, batch_id, rows, normalize)
         async with db_errors(), self.pool.acquire() as conn:
             try:
                 async with conn.transaction():

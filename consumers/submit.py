@@ -235,12 +235,15 @@ class Submit:
                 log.info("job.adopted", job_name=found.name)
                 return found, None
         # The bound spares encoding a file the usual small batch will not need.
-        inline = inp.max_jsonl_bytes() <= INLINE_MAX_BYTES
-        if inline or len(data := inp.jsonl()) <= INLINE_MAX_BYTES:
+        # Past BATCHYARD_INLINE_MAX_ITEMS requests the real API may answer inlined
+        # requests out of order (results are matched by position here): a file instead.
+        few = len(inp.items) <= app.settings.inline_max_items
+        inline = few and inp.max_jsonl_bytes() <= INLINE_MAX_BYTES
+        if inline or (few and len(data := inp.jsonl()) <= INLINE_MAX_BYTES):
             job = await app.gemini.create_job(
                 inp.model, name, texts=[i.text for i in inp.items], config=inp.embed_config())
             return job, None
-        file_name = await app.gemini.upload_jsonl(data, name)
+        file_name = await app.gemini.upload_jsonl(data if few else inp.jsonl(), name)
         try:
             job = await app.gemini.create_job(inp.model, name, file_name=file_name)
         except RetryableError as exc:

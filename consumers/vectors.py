@@ -79,3 +79,15 @@ def from_list(values: Sequence[float]) -> np.ndarray:
     """The float32 vector of values already read (the SDK's online answers)."""
     with np.errstate(over="ignore"):
         return np.asarray(values, dtype=np.float32)
+
+
+def unit_rows(values: np.ndarray) -> np.ndarray:
+    """`values` (one vector, or vectors stacked as rows) scaled to unit L2 norm.
+
+    The API's vectors are unit length only at full size; a shorter one is the prefix of
+    the full vector and must be rescaled. Done in float64, where no float32 value's
+    square under- or overflows, so only an all-zero row has norm 0: `check_vector`
+    rejects those before any row gets here.
+    """
+    wide = np.asarray(values, dtype=np.float64)
+    return wide / np.linalg.norm(wide, axis=-1, keepdims=True)

@@ -8,10 +8,21 @@ import random
 from collections import Counter
 
 import msgspec
+import numpy as np
 
 from events import jetstream as defs
 from events import subjects
-from events.payloads import Completed, Dead, Item, SubmitRequest, decode, encode
+from events.payloads import (
+    DEFAULT_MODEL,
+    Completed,
+    Dead,
+    Item,
+    SubmitRequest,
+    decode,
+    encode,
+    encode_items_jsonl,
+)
+from sandbox.emulator import embed
 from tests.harness import Stack, batch, stream_messages, submit, wait_finished, wait_for
 
 
@@ -275,4 +286,62 @@ async def test_a_later_attempt_waits_for_the_running_one(stack: Stack) -> None:
 
     assert (await wait_for(announced, 60))[0] == 0
     await db.close()
+    await nc.close()
+
+
+async def _stored(stack: Stack) -> dict[str, tuple[str, np.ndarray]]:
+    """Each stored item's batch and vector, read back as float64."""
+    db = await stack.db()
+    rows = await db.fetch("SELECT item_id, batch_id, embedding FROM batchyard.embeddings")
+    await db.close()
+    return {r["item_id"]: (r["batch_id"], np.asarray(r["embedding"], dtype=np.float64))
+            for r in rows}
+
+
+async def test_vectors_are_stored_at_unit_length_on_every_path(stack: Stack) -> None:
+    """The API's vectors below 3072 values are not unit length (issue 19): stored ones
+    are, online, inline and by file, in the direction of the emulator's vector."""
+    await stack.pod("submit", "poll")
+    nc = await stack.nc()
+    big = "x" * 4000  # 300 of these make a file job: over 1 MiB of JSONL
+    requests = [batch("online", 3, output_dimensionality=768),
+                batch("inline", 20, output_dimensionality=768),
+                batch("inline-full", 20),
+                SubmitRequest(batch_id="file", output_dimensionality=768,
+                              items_object="file.jsonl")]
+    big_items = [Item(f"file-{i}", f"{i} {big}") for i in range(300)]
+    store = await nc.jetstream().object_store(defs.BATCH_INPUTS)
+    await store.put("file.jsonl", encode_items_jsonl(big_items))  # too big for a message
+    texts = {i.id: i.text for r in requests for i in r.items or big_items}
+    for req in requests:
+        await submit(nc, req)
+    assert await wait_finished(stack, 4, timeout=120) == {"succeeded": 4}
+    db = await stack.db()
+    paths = dict(await db.fetch("SELECT batch_id, embed_path FROM batchyard.batches"))
+    await db.close()
+    assert paths["online"] == "online" and paths["file"] == "batch"
+    jobs = {j["display_name"]: j for j in (await stack.emulator.state())["jobs"]}
+    assert jobs["file:0"]["input_file"] and not jobs["inline:0"]["input_file"]
+    stored = await _stored(stack)
+    assert len(stored) == len(texts)
+    for item_id, (batch_id, got) in stored.items():
+        want = np.asarray(embed.vector(DEFAULT_MODEL, texts[item_id], got.size))
+        assert got.size == (3072 if batch_id == "inline-full" else 768)
+        assert abs(np.linalg.norm(got) - 1.0) < 1e-3
+        assert got @ want / np.linalg.norm(want) > 1 - 1e-6  # cosine: the same direction
+    await nc.close()
+
+
+async def test_without_normalize_vectors_are_stored_as_returned(stack: Stack) -> None:
+    """BATCHYARD_NORMALIZE=false keeps the API's prefix vector, norm below 1."""
+    await stack.pod("submit", "poll", BATCHYARD_NORMALIZE="false")
+    nc = await stack.nc()
+    await submit(nc, batch("raw", 12, output_dimensionality=768))
+    assert await wait_finished(stack, 1) == {"succeeded": 1}
+    stored = await _stored(stack)
+    assert len(stored) == 12
+    for n, (_, got) in enumerate(stored[f"raw-{i}"] for i in range(12)):
+        text = batch("raw", 12).items[n].text  # type: ignore[index]
+        assert np.allclose(got, embed.vector(DEFAULT_MODEL, text, 768), rtol=1e-6, atol=0)
+        assert np.linalg.norm(got) < 0.9
     await nc.close()

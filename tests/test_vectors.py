@@ -97,3 +97,29 @@ def test_empty_and_running_answers() -> None:
     done = _raw_job(b'{"metadata":{"state":"BATCH_STATE_SUCCEEDED",'
                     b'"output":{"responsesFile":"files/out"}}}', "batches/z")
     assert (done.name, done.state, done.output_file) == ("batches/z", "succeeded", "files/out")
+
+
+def test_unit_rows_scales_each_row_to_unit_length() -> None:
+    rng = np.random.default_rng(1)
+    matrix = (rng.standard_normal((5, 768)) * 0.3).astype(np.float32)
+    unit = vectors.unit_rows(matrix)
+    assert np.allclose(np.linalg.norm(unit, axis=1), 1.0)
+    assert np.allclose(unit * np.linalg.norm(matrix.astype(np.float64), axis=1)[:, None],
+                       matrix, rtol=1e-6)  # only the length changes
+    assert np.allclose(vectors.unit_rows(matrix[0]), unit[0])  # one vector alike
+    # Squares of these under- and overflow float32; in float64 they do not.
+    for extreme in (np.float32(1e-40), np.float32(3e38)):
+        assert np.allclose(np.linalg.norm(vectors.unit_rows(np.full(8, extreme))), 1.0)
+
+
+def test_rows_are_encoded_at_unit_length_when_asked() -> None:
+    from consumers.pgcopy import HEADER, encode_rows
+
+    rows = [("a", np.asarray([3.0, 4.0], dtype=np.float32)),
+            ("b", np.asarray([0.0, 0.5], dtype=np.float32))]
+    mixed = [*rows, ("c", np.asarray([2.0], dtype=np.float32))]
+    assert encode_rows("m", "b", rows, normalize=True) == encode_rows(
+        "m", "b", [("a", np.asarray([0.6, 0.8])), ("b", np.asarray([0.0, 1.0]))])
+    assert encode_rows("m", "b", mixed, normalize=True).endswith(
+        encode_rows("m", "b", [("c", np.asarray([1.0]))])[len(HEADER):])  # sizes differ
+    assert encode_rows("m", "b", rows) != encode_rows("m", "b", rows, normalize=True)

@@ -1,4 +1,8 @@
-"""Models: get, list, and online embedding (`batchEmbedContents`, `embedContent`)."""
+"""Models: get, list, and online embedding (`batchEmbedContents`, `embedContent`).
+
+Each request is one vector whatever its parts: a Content of several parts (what the SDK
+sends for a list of texts on gemini-embedding-2) is embedded as their joined text.
+"""
 
 from __future__ import annotations
 
@@ -53,6 +57,8 @@ async def batch_embed(call: Call) -> web.StreamResponse:
         )
     items = [inputs.require(inputs.read_request(request, model)) for request in requests]
     embeddings = [{"values": _values(call, model, item)} for item in items]
+    if call.state.faults.online_drop_one:
+        embeddings.pop()
     return call.respond({"embeddings": embeddings})
 
 

@@ -40,10 +40,11 @@ class Model:
 MODELS: tuple[Model, ...] = (
     Model("gemini-embedding-001", 3072, "Gemini Embedding 001",
           "Obtain a distributed representation of a text.", "001"),
-    Model("gemini-embedding-exp-03-07", 3072, "Gemini Embedding Experimental 03-07",
-          "Obtain a distributed representation of a text.", "exp-03-07", 8192),
-    Model("text-embedding-004", 768, "Text Embedding 004",
-          "Obtain a distributed representation of a text.", "004"),
+    # Multimodal: one Content of several parts is one vector, of all its parts together
+    # (inputs._text joins them), as the real model answers. text-embedding-004 and
+    # gemini-embedding-exp-03-07 are retired and so 404 like any unknown model.
+    Model("gemini-embedding-2", 3072, "Gemini Embedding 2",
+          "Obtain a distributed representation of text, images, audio and video.", "2", 8192),
 )
 
 _BY_NAME = {model.name: model for model in MODELS}

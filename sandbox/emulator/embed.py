@@ -1,9 +1,8 @@
-"""Deterministic embeddings: the same model and text give the same unit vector."""
+"""Deterministic embeddings: the same model and text give the same vector."""
 
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 import struct
 
@@ -15,19 +14,23 @@ def estimate_tokens(texts: list[str]) -> int:
     return -(-sum(len(text.encode()) for text in texts) // 4)
 
 
-def vector(model: str, text: str, dims: int) -> list[float]:
-    """A unit vector of `dims` values seeded by sha256 of model and text.
+FULL_DIMS = 3072  # every catalogued model's largest dimensionality
 
-    A shorter vector is a prefix of a longer one, renormalised, as Matryoshka
-    embeddings truncate.
+
+def vector(model: str, text: str, dims: int) -> list[float]:
+    """The first `dims` values of a unit vector seeded by sha256 of model and text.
+
+    As the API's Matryoshka embeddings: only the full vector has unit length, and a
+    shorter one is its prefix, not renormalised (callers must normalise it).
     """
+    full = max(dims, FULL_DIMS)
     digest = hashlib.sha256(f"{model}\0{text}".encode()).digest()
-    raw = random.Random(int.from_bytes(digest, "big")).randbytes(4 * dims)
-    values = struct.unpack(f"<{dims}i", raw)
-    norm = math.hypot(*values)
+    raw = random.Random(int.from_bytes(digest, "big")).randbytes(4 * full)
+    values = np.asarray(struct.unpack(f"<{full}i", raw), dtype=np.float64)
+    norm = float(np.linalg.norm(values))
     if norm == 0.0:
-        return [1.0] + [0.0] * (dims - 1)
-    return as_written(np.asarray(values, dtype=np.float64) / norm)
+        values, norm = np.eye(1, full)[0], 1.0
+    return as_written(values[:dims] / norm)
 
 
 def as_written(values: np.ndarray) -> list[float]:

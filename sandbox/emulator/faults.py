@@ -17,7 +17,7 @@ _RATES = ("error_rate", "rate_limit_rate", "job_outcome_rate", "item_error_rate"
 _NON_NEGATIVE = (
     "retry_delay_s", "rate_limit_burst", "latency_ms", "download_latency_ms",
     "job_pending_s", "job_running_s", "max_active_jobs", "max_job_tokens",
-    "max_enqueued_tokens", "create_429_for_s",
+    "max_enqueued_tokens", "create_429_for_s", "shuffle_inline_over",
 )
 
 
@@ -47,6 +47,9 @@ class Faults(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # which a retried create would pay for a second job.
     create_lost_rate: float = 0.0
     online_drop_one: bool = False  # batchEmbedContents answers one embedding too few
+    # An inline job of more requests than this answers them shuffled, as the real API
+    # does past about a thousand (GEMINI_API.md §9.2); 0 or null never shuffles.
+    shuffle_inline_over: int | None = 600
 
     def __post_init__(self) -> None:
         for name in _RATES:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import errors
@@ -13,12 +13,14 @@ from .wire import pick
 
 @dataclass(frozen=True)
 class Item:
-    """One request of a batch: its key, text and dimensionality, or why it cannot run."""
+    """One request of a batch: its key (or inlined metadata), text and dimensionality, or
+    why it cannot run."""
 
     key: Any
     text: str
     dims: int
     problem: str | None = None
+    metadata: dict[str, Any] | None = None  # an inlined request's, echoed on its response
 
 
 def _text(content: Any) -> str | None:
@@ -80,7 +82,13 @@ def read_inline(requests: Any, model: Model) -> list[Item]:
     items = []
     for entry in requests:
         request = entry.get("request") if isinstance(entry, dict) else None
-        items.append(require(read_request(request, model)))
+        item = require(read_request(request, model))
+        metadata = entry.get("metadata") if isinstance(entry, dict) else None
+        if metadata is not None and not isinstance(metadata, dict):
+            raise errors.invalid_argument(  # a google.protobuf.Struct on the wire
+                "* EmbedContentBatch.input_config.requests.metadata: must be an object.\n"
+            )
+        items.append(replace(item, metadata=metadata) if metadata is not None else item)
     return items
 
 

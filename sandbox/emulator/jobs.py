@@ -54,6 +54,7 @@ class Job:
     bad_vector: str | None
     bad_vector_rate: float
     est_tokens: int
+    shuffle_inline_over: int | None = None
     final_state: str | None = None
     ended: float | None = None
     output_file: str | None = None
@@ -167,13 +168,16 @@ def file_lines(job: Job, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return lines
 
 
-def inline_items(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Inline responses: errors carry code and message only (the SDK types them so)."""
+def inline_items(job: Job, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Inline responses, each with its request's metadata; errors carry code and message
+    only (the SDK types them so). Past `shuffle_inline_over` requests they come in an
+    order of their own, seeded by the job (GEMINI_API.md §9.2)."""
     items = []
-    for result in results:
+    for item, result in zip(job.items, results, strict=True):
         error = result.get("error")
-        if error is None:
-            items.append(result)
-        else:
-            items.append({"error": {"code": error["code"], "message": error["message"]}})
+        if error is not None:
+            result = {"error": {"code": error["code"], "message": error["message"]}}
+        items.append(result if item.metadata is None else {**result, "metadata": item.metadata})
+    if job.shuffle_inline_over and len(items) > job.shuffle_inline_over:
+        random.Random(job.seed + 1).shuffle(items)  # not run()'s stream of draws
     return items

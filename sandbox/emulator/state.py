@@ -95,7 +95,7 @@ class EmulatorState:
                 stored = self.files.add_generated(f"batch-{job.id}", data, now=at, key=job.key)
                 job.output_file = stored.name
             else:
-                job.inline_output = jobs.inline_items(results)
+                job.inline_output = jobs.inline_items(job, results)
         job.end(state, at)
 
     def active_jobs(self) -> list[jobs.Job]:
@@ -137,7 +137,7 @@ class EmulatorState:
             running_s=self.running_s if faults.job_running_s is None else faults.job_running_s,
             outcome=outcome, seed=self.dice.seed(), item_error_rate=faults.item_error_rate,
             bad_vector=faults.bad_vector, bad_vector_rate=faults.bad_vector_rate,
-            est_tokens=est_tokens,
+            est_tokens=est_tokens, shuffle_inline_over=faults.shuffle_inline_over,
         )
         self.jobs[job.id] = job
         return job

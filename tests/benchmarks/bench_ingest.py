@@ -48,11 +48,14 @@ async def baseline(pool: asyncpg.Pool, vectors: list[list[float]], dims: int) ->
     return len(vectors) / (time.perf_counter() - start)
 
 
+_SETTINGS = SimpleNamespace(normalize=True)  # what Ingest reads of Settings
+
+
 async def ours(pool: asyncpg.Pool, data: bytes, n: int, dims: int) -> float:
     inp = Input(SubmitRequest(batch_id="b", items=[Item(f"i{k}", "t") for k in range(n)],
                               model="m", output_dimensionality=dims), [])
     inp = Input(inp.request, inp.request.items or [])
-    app: Any = SimpleNamespace(store=Store(pool))
+    app: Any = SimpleNamespace(store=Store(pool), settings=_SETTINGS)
     start = time.perf_counter()
     ingest = Ingest(app, inp)
     for at in range(0, len(data), CHUNK):
@@ -90,7 +93,7 @@ async def _ingest_file(db_url: str, path: Path, n: int, dims: int) -> dict[str, 
                               model="m", output_dimensionality=dims), [])
     inp = Input(inp.request, inp.request.items or [])
     before = _status_kb("VmRSS")
-    ingest = Ingest(SimpleNamespace(store=Store(pool)), inp)  # type: ignore[arg-type]
+    ingest = Ingest(SimpleNamespace(store=Store(pool), settings=_SETTINGS), inp)  # type: ignore[arg-type]
     with path.open("rb") as f:
         while chunk := f.read(CHUNK):
             await ingest.feed(chunk)

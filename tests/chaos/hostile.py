@@ -155,7 +155,7 @@ def _valid(draw: st.DrawFn) -> Hostile:
     n = draw(st.one_of(st.integers(1, 10), st.integers(11, 14)))
     items = [{"id": draw(ids), "text": draw(hostile_texts)} for _ in range(n)]
     model = draw(st.sampled_from(["gemini-embedding-001", "models/gemini-embedding-001",
-                                  "text-embedding-004"]))
+                                  "gemini-embedding-2"]))
     msg: dict[str, Any] = {"batch_id": draw(ids), "items": items, "model": model,
                            "output_dimensionality": draw(st.integers(1, 16))}
     if draw(st.booleans()):

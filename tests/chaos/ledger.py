@@ -14,7 +14,7 @@ from events import subjects
 from events.payloads import Item, SubmitRequest, encode
 from events.publisher import PublishError, publish
 
-MODELS = ("gemini-embedding-001", "text-embedding-004")
+MODELS = ("gemini-embedding-001", "gemini-embedding-2")
 
 
 @dataclass

@@ -48,7 +48,7 @@ async def test_max_enqueued_tokens(emu: Emulator, client: genai.Client) -> None:
     """Unfinished jobs of a model plus the new one may not pass max_enqueued_tokens."""
     await emu.set_faults(max_enqueued_tokens=20)
     await inline_job(client, ["x" * 40])
-    await inline_job(client, ["x" * 40, "x" * 4], model="text-embedding-004")
+    await inline_job(client, ["x" * 40, "x" * 4], model="gemini-embedding-2")
     error = await client_error(inline_job(client, ["x" * 44]))
     assert error.code == 429 and error.message is not None
     assert "batch_enqueued_tokens" in error.message

@@ -21,11 +21,11 @@ from emu_support import (
 from google import genai
 from google.genai import types
 
-from sandbox.emulator import Emulator
+from sandbox.emulator import Emulator, embed
 
 
 async def test_file_batch_round_trip(emu: Emulator, client: genai.Client) -> None:
-    """A file job goes PENDING, RUNNING, SUCCEEDED and its output has unit vectors in order."""
+    """A file job goes PENDING, RUNNING, SUCCEEDED and its output has its vectors in order."""
     texts = ["alpha", "beta", "gamma", "δέλτα"]
     job = await file_job(client, texts, dims=16, display_name="b1:0")
     assert re.fullmatch(r"batches/[a-z0-9]{36}", job.name)
@@ -48,7 +48,7 @@ async def test_file_batch_round_trip(emu: Emulator, client: genai.Client) -> Non
     lines = read_lines(await client.aio.files.download(file=done.dest.file_name))
     assert [line["key"] for line in lines] == ["r0", "r1", "r2", "r3"]
     vectors = [line["response"]["embedding"]["values"] for line in lines]
-    assert all(len(v) == 16 and is_unit(v) for v in vectors)
+    assert all(len(v) == 16 and not is_unit(v) for v in vectors)  # a prefix, below 3072
     assert len({tuple(v) for v in vectors}) == 4
 
     online = await client.aio.models.embed_content(
@@ -74,16 +74,15 @@ async def test_inline_batch_round_trip(emu: Emulator, client: genai.Client) -> N
 
 async def test_dimensionality_and_models(client: genai.Client) -> None:
     """Dims default to the model's, shorter ones are honoured, out-of-range ones are a 400."""
-    small = await client.aio.models.embed_content(model="text-embedding-004", contents=["x"])
-    assert len((small.embeddings or [])[0].values or []) == 768
-    wide = await client.aio.models.embed_content(model="gemini-embedding-001", contents=["x"])
-    assert len((wide.embeddings or [])[0].values or []) == 3072
+    for model in ("gemini-embedding-001", "gemini-embedding-2"):
+        wide = await client.aio.models.embed_content(model=model, contents=["x"])
+        assert len((wide.embeddings or [])[0].values or []) == 3072
     for dims in (0, 3073):
         error = await client_error(client.aio.models.embed_content(
             model="gemini-embedding-001", contents=["x"], config={"output_dimensionality": dims}
         ))
         assert (error.code, error.status) == (400, "INVALID_ARGUMENT")
-    error = await client_error(inline_job(client, ["x"], dims=769, model="text-embedding-004"))
+    error = await client_error(inline_job(client, ["x"], dims=3073, model="gemini-embedding-2"))
     assert (error.code, error.status) == (400, "INVALID_ARGUMENT")
 
 
@@ -152,7 +151,8 @@ async def test_sync_client_in_thread(emu: Emulator, client: genai.Client) -> Non
     assert done.dest is not None and done.dest.file_name is not None
     data = await asyncio.to_thread(client.files.download, file=done.dest.file_name)
     (line,) = read_lines(data)
-    assert is_unit(line["response"]["embedding"]["values"])
+    assert line["response"]["embedding"]["values"] == embed.vector("gemini-embedding-001",
+                                                                   "sync", 4)
 
 
 _HTTPX_SCRIPT = r"""
