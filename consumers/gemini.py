@@ -232,12 +232,20 @@ class Gemini:
 
     async def find_job(self, display_name: str, max_pages: int = 50) -> Job | None:
         """The job with this display_name, if any (crash adoption), within `max_pages`."""
+        return (await self.find_jobs({display_name}, max_pages)).get(display_name)
+
+    async def find_jobs(self, display_names: set[str], max_pages: int = 50) -> dict[str, Job]:
+        """The jobs with these display_names, by name, from one walk of the listing (in
+        whatever order the API lists), within `max_pages`."""
+        found: dict[str, Job] = {}
         async with self._call("batches.list"):
             pager = await (await self._aio()).batches.list(config={"page_size": 100})
             async for job in _listed(pager, max_pages):
-                if job.display_name == display_name:
-                    return _job(job)
-        return None
+                if job.display_name in display_names:
+                    found[job.display_name] = _job(job)
+                    if len(found) == len(display_names):
+                        break
+        return found
 
     async def list_files(self, max_pages: int = 100) -> list[tuple[str, str]]:
         """The project's files as (name, display_name), up to `max_pages`."""

@@ -20,13 +20,12 @@ from consumers.finish import finish_attempt
 from consumers.gemini import TERMINAL, Job
 from consumers.inputs import Input, load_input
 from consumers.results import ingest_file, ingest_inline
+from consumers.store import LIVE
 from consumers.sweep import forget_file, sweep_forever
 from events import jetstream as defs
 from events.payloads import ErrorDetail, InvalidMessage, PollRequest, decode
 
 log = structlog.get_logger("batchyard.poll")
-# A shard's job can finish while later shards are still being created or admitted.
-SHARD_LIVE = ("pending_submission", "submitting", "submitted", "auth_failed")
 
 
 class Poll:
@@ -89,7 +88,8 @@ class Poll:
         row = await app.store.get(batch_id)
         recorded = await shards.rows(app, batch_id, req.attempt)
         mine = next((r for r in recorded if r["shard"] == k), None)
-        if (row is None or row["attempt"] != req.attempt or row["status"] not in SHARD_LIVE
+        # A shard's job can finish while later shards are still being created or admitted.
+        if (row is None or row["attempt"] != req.attempt or row["status"] not in LIVE
                 or mine is None or mine["job_name"] != req.job_name):
             log.info("poll.skipped", reason="not this attempt's running shard",
                      status=row["status"] if row else None)
@@ -105,7 +105,7 @@ class Poll:
             if not claimed:
                 return nak(app.settings.poll_interval, "busy")
             row = await app.store.get(batch_id)
-            if row is None or row["attempt"] != req.attempt or row["status"] not in SHARD_LIVE:
+            if row is None or row["attempt"] != req.attempt or row["status"] not in LIVE:
                 return ACK
             recorded = await shards.rows(app, batch_id, req.attempt)
             inp = await load_input(app, int(row["input_seq"]))

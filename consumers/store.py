@@ -14,6 +14,8 @@ from consumers.pgcopy import COLUMNS, encode_rows
 
 CLAIM_WAIT = 30.0  # a claim waits this long for a connection, then the message naks
 FINISHED = frozenset({"succeeded", "partial", "failed", "dead", "cancelled"})
+# An attempt in one of these still has messages that will settle its jobs.
+LIVE = ("pending_submission", "submitting", "submitted", "auth_failed")
 
 _WRITE_EMBEDDINGS = """
 INSERT INTO batchyard.embeddings (item_id, model, batch_id, dims, embedding)

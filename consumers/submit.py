@@ -73,7 +73,6 @@ class Submit:
             if row is None or (skip := await self._already(msg, row, req)) is not None:
                 return skip or ACK
             inp = Input(req, items)
-            crashed = row["status"] == "submitting" and row["attempt"] == req.attempt
             seq = msg.metadata.sequence.stream
             await app.store.update(
                 batch_id, status="submitting", attempt=req.attempt, input_seq=seq,
@@ -89,7 +88,7 @@ class Submit:
             if parts:
                 return await self._sharded(msg, inp, row, parts, recorded)
             try:
-                made = await self._admitted(msg, inp, 0, adopt=crashed)
+                made = await self._admitted(msg, inp, 0)
             except PermanentError as exc:
                 await app.quota.release(batch_id, req.attempt)
                 return await self._refused(msg, inp, row, exc)
@@ -153,8 +152,7 @@ class Submit:
                     await self._hand_to_poll(batch_id, attempt, done["job_name"], k)
                 continue
             try:
-                # A row without a job is a creation a crash interrupted: adopt.
-                made = await self._admitted(msg, Input(req, items), k, adopt=done is not None)
+                made = await self._admitted(msg, Input(req, items), k)
             except PermanentError as exc:
                 if k == 1:
                     await app.quota.release(batch_id, attempt, k)
@@ -179,12 +177,13 @@ class Submit:
         await shards.settle(app, msg, inp, stage="submit")  # all shards may be done already
         return ACK
 
-    async def _admitted(self, msg: Msg, inp: Input, shard: int, *, adopt: bool,
+    async def _admitted(self, msg: Msg, inp: Input, shard: int,
                         ) -> tuple[Job, str | None] | Outcome:
         """Take a slot, pass the gate, and create (or adopt) the job of `shard` of `inp`'s
         attempt: the job and its input file, or the Outcome of a hold when the Batch API
-        has no room. A failed creation gives its slot back, except on PermanentError,
-        which the caller settles (a refused shard keeps its row, as failed)."""
+        has no room. A creation the API answered with a 429 or an auth error gives its
+        slot back; one whose outcome is unknown keeps it (the next try adopts); on
+        PermanentError the caller settles (a refused shard keeps its row, as failed)."""
         app, req = self.app, inp.request
         batch_id, attempt = req.batch_id, req.attempt
         name = subjects.display_name(batch_id, attempt, shard)
@@ -192,8 +191,9 @@ class Submit:
                                            inp.est_tokens(), inp.model, shard=shard)
         if reserved is None:
             return await self._hold(msg, "no room: active jobs or enqueued tokens at limit")
-        # An earlier try's creation may have made the job: look it up before creating.
-        adopt = adopt or reserved == "again"
+        # The row of an earlier try (a crash, a lost answer) may have a job: look it up
+        # before creating one.
+        adopt = reserved == "again"
         if not adopt and not await app.quota.may_create():
             await app.quota.release(batch_id, attempt, shard)
             return await self._hold(msg, "the quota gate is closed")

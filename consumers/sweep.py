@@ -18,7 +18,7 @@ from consumers import metrics
 from consumers.app import App
 from consumers.errors import AuthError, PermanentError, RetryableError
 from consumers.gemini import TERMINAL, TRANSFER_TIMEOUT, Job
-from consumers.store import FINISHED, db_errors
+from consumers.store import FINISHED, LIVE, db_errors
 
 log = structlog.get_logger("batchyard.sweep")
 _NAME = re.compile(
@@ -80,13 +80,17 @@ async def sweep_files(app: App) -> int:
     return deleted
 
 
+# Only rows no message will settle: the batch has moved past their attempt (finished,
+# dead, or on a later attempt). A live attempt's rows belong to its submit and poll
+# messages; settling them here would race the poll that ingests the job's results.
 _STALE = """
-SELECT batch_id, attempt, shard, job_name, display_name, state,
-       created_at < now() - make_interval(secs => $2) AS abandoned
-FROM batchyard.jobs
-WHERE state IN ('creating', 'pending', 'running')
-  AND created_at < now() - make_interval(secs => $1)
-ORDER BY created_at LIMIT $3
+SELECT j.batch_id, j.attempt, j.shard, j.job_name, j.display_name, j.state,
+       j.created_at < now() - make_interval(secs => $2) AS abandoned
+FROM batchyard.jobs j LEFT JOIN batchyard.batches b USING (batch_id)
+WHERE j.state IN ('creating', 'pending', 'running')
+  AND j.created_at < now() - make_interval(secs => $1)
+  AND (b.batch_id IS NULL OR b.attempt <> j.attempt OR b.status <> ALL($4::text[]))
+ORDER BY j.created_at LIMIT $3
 """
 RECONCILE_LIMIT = 200  # rows looked up per round: the API calls of one round are bounded
 # A creation no lookup finds is given up only after the longest an upload and a create
@@ -95,44 +99,50 @@ CREATING_GRACE = TRANSFER_TIMEOUT + 600.0
 
 
 async def reconcile_jobs(app: App) -> int:
-    """Rows still counted as active for longer than a sweep interval, checked with the
-    API: a terminal, deleted (404) or never-created job gives its slot back. Returns how
-    many rows changed."""
+    """Rows still counted as active for longer than a sweep interval although their
+    attempt is over, checked with the API: a terminal, deleted (404) or never-created
+    job gives its slot back. Returns how many rows changed."""
     async with db_errors():
         stale = await app.store.pool.fetch(_STALE, app.settings.file_sweep_interval,
                                            max(CREATING_GRACE, app.settings.file_sweep_interval),
-                                           RECONCILE_LIMIT)
+                                           RECONCILE_LIMIT, list(LIVE))
+    # Rows whose creation has no answer are looked up by name, in one walk of the listing.
+    unnamed = {r["display_name"] for r in stale if not r["job_name"]}
+    listed = await app.gemini.find_jobs(unnamed) if unnamed else {}
     changed = 0
     for r in stale:
-        key = (r["batch_id"], r["attempt"], r["shard"])
-        job: Job | None
-        try:
-            job = (await app.gemini.get_job(r["job_name"]) if r["job_name"]
-                   else await app.gemini.find_job(r["display_name"]))
-        except PermanentError as exc:
-            if exc.code != 404:
-                raise
-            job = None
-        if job is None and r["state"] == "creating":
-            if r["abandoned"]:
-                await app.quota.release(*key)
-                changed += 1
-                log.info("job.reconciled", display_name=r["display_name"], outcome="never made")
-            continue
+        batch_id, attempt, shard = r["batch_id"], r["attempt"], r["shard"]
+        creating = r["state"] == "creating"
+        job = await _job_of(app, r["job_name"]) if r["job_name"] else listed.get(r["display_name"])
         if job is None:
-            await app.quota.finished(*key[:2], "cancelled", key[2])
-        elif r["state"] == "creating":
-            await app.quota.created(*key[:2], job.name, None, shard=key[2])
-            if job.done:
-                await app.quota.finished(*key[:2], job.state, key[2])
-        elif job.done:
-            await app.quota.finished(*key[:2], job.state, key[2])
+            if not creating:  # deleted, or unknown to the API
+                await app.quota.finished(batch_id, attempt, "cancelled", shard)
+            elif r["abandoned"]:
+                await app.quota.release(batch_id, attempt, shard)
+            else:  # its creation may still be under way
+                continue
         else:
-            continue
+            if creating:
+                await app.quota.created(batch_id, attempt, job.name, None, shard=shard)
+            if job.done:
+                await app.quota.finished(batch_id, attempt, job.state, shard)
+            elif not creating:
+                continue
         changed += 1
         log.info("job.reconciled", display_name=r["display_name"],
-                 outcome=job.state if job else "unknown to the API")
+                 outcome=job.state if job else ("unknown to the API" if not creating
+                                                else "never made"))
     return changed
+
+
+async def _job_of(app: App, name: str) -> Job | None:
+    """The job, or None when the API does not know it (404: deleted)."""
+    try:
+        return await app.gemini.get_job(name)
+    except PermanentError as exc:
+        if exc.code != 404:
+            raise
+        return None
 
 
 async def forget_file(app: App, file_name: str) -> None:

@@ -177,20 +177,25 @@ async def test_sweep_deletes_only_input_files_no_job_needs(stack: Stack) -> None
             config={"mime_type": "application/jsonl", "display_name": display_name})
         return str(f.name)
 
+    await stack.emulator.set_faults(job_pending_s=600)
+    live = await upload("live:0")
+    job = await client.aio.batches.create_embeddings(
+        model="gemini-embedding-001", src={"file_name": live}, config={"display_name": "live:0"})
     db = await stack.db()
     await db.execute("""
         INSERT INTO batchyard.batches (batch_id, status, model, items_total, attempt)
         VALUES ('done', 'succeeded', 'm', 1, 0), ('live', 'submitted', 'm', 1, 0),
                ('moved', 'pending_submission', 'm', 1, 1), ('waiting', 'submitting', 'm', 1, 0)
     """)
+    # The running row has a real job behind it: the sweep's reconcile asks the API.
     await db.execute("""
         INSERT INTO batchyard.jobs (batch_id, attempt, shard, display_name, state, items,
-                                    est_tokens)
-        VALUES ('done', 0, 2, 'done:0#2', 'succeeded', 1, 1),
-               ('live', 0, 0, 'live:0', 'running', 1, 1)
-    """)
+                                    est_tokens, job_name)
+        VALUES ('done', 0, 2, 'done:0#2', 'succeeded', 1, 1, NULL),
+               ('live', 0, 0, 'live:0', 'running', 1, 1, $1)
+    """, job.name)
     gone = {await upload(n) for n in ("done:0#2", "moved:0", "nobody:3")}
-    kept = {await upload(n) for n in ("live:0", "waiting:0", "keep-me", "done", "done:0#x")}
+    kept = {live} | {await upload(n) for n in ("waiting:0", "keep-me", "done", "done:0#x")}
     await stack.pod("poll", BATCHYARD_FILE_SWEEP_INTERVAL="1s")
 
     async def swept() -> bool:
