@@ -53,6 +53,7 @@ class InlineResult:
     values: np.ndarray | None
     error: str | None
     status: str | None = None  # INVALID_EMBEDDING: values that are not a list of numbers
+    key: str | None = None  # the request's `metadata.key`, echoed by the API
 
 
 @dataclass(frozen=True)
@@ -186,9 +187,11 @@ class Gemini:
             await (await self._aio()).files.delete(name=name)
 
     async def create_job(self, model: str, display_name: str, *, file_name: str | None = None,
-                         texts: list[str] | None = None, config: dict[str, Any] | None = None,
-                         ) -> Job:
-        """Create an embeddings batch job from an uploaded file or inlined texts.
+                         texts: list[str] | None = None, keys: list[str] | None = None,
+                         config: dict[str, Any] | None = None) -> Job:
+        """Create an embeddings batch job from an uploaded file or inlined texts, each
+        inlined request carrying `metadata.key` from `keys` when given (the API reorders
+        inlined responses and echoes the metadata: results are matched by it).
 
         Inlined texts go as the body `batches.create_embeddings` would send, through the
         SDK's own API client: its request building validates every text with pydantic,
@@ -202,8 +205,11 @@ class Gemini:
                     config={"display_name": display_name})
                 return _job(job)
             extra = {_CAMEL[k]: v for k, v in (config or {}).items() if v is not None}
-            requests = [{"request": {"content": {"parts": [{"text": t}], "role": "user"},
-                                     **extra}} for t in texts or ()]
+            requests: list[dict[str, Any]] = [
+                {"request": {"content": {"parts": [{"text": t}], "role": "user"}, **extra}}
+                for t in texts or ()]
+            for request, key in zip(requests, keys or (), strict=False):
+                request["metadata"] = {"key": key}
             body = {"batch": {"displayName": display_name,
                               "inputConfig": {"requests": {"requests": requests}}}}
             path = f"{genai_names.t_model(aio._api_client, model)}:asyncBatchEmbedContent"
@@ -319,6 +325,7 @@ def _job(job: types.BatchJob) -> Job:
                         if r.response and r.response.embedding
                         and r.response.embedding.values is not None else None),
                 error=(r.error.message or f"error {r.error.code}") if r.error else None,
+                key=_meta_key(r.metadata),
             ) for r in dest.inlined_embed_content_responses]
         elif dest.inlined_responses is not None:  # every item failed: the SDK's other list
             inline = [InlineResult(None, (r.error.message if r.error else None) or "no embedding")
@@ -367,19 +374,29 @@ def _job_of(doc: Any, name: str) -> Job:
                output_file=_field(out, "responsesFile", str), inline=inline)
 
 
+def _meta_key(meta: Any) -> str | None:
+    """An inlined response's `metadata.key`: None when it has no metadata at all, ""
+    when its metadata holds no string key (matched to no item)."""
+    if meta is None:
+        return None
+    key = meta.get("key") if isinstance(meta, (dict, simdjson.Object)) else None
+    return key if isinstance(key, str) else ""
+
+
 def _inlined(row: Any) -> InlineResult:
+    key = _meta_key(_field(row, "metadata", simdjson.Object))
     error = _field(row, "error", simdjson.Object)
     if error is not None:
         return InlineResult(None, _field(error, "message", str)
-                            or f"error {_field(error, 'code', int)}")
+                            or f"error {_field(error, 'code', int)}", key=key)
     embedding = _field(_field(row, "response", simdjson.Object), "embedding", simdjson.Object)
     values = embedding.get("values") if embedding is not None else None
     if values is None:
-        return InlineResult(None, None)
+        return InlineResult(None, None, key=key)
     try:
-        return InlineResult(vectors.from_array(values), None)
+        return InlineResult(vectors.from_array(values), None, key=key)
     except vectors.NotAVector as exc:
-        return InlineResult(None, str(exc), "INVALID_EMBEDDING")
+        return InlineResult(None, str(exc), "INVALID_EMBEDDING", key=key)
 
 
 def _field(obj: Any, key: str, kind: type[T]) -> T | None:

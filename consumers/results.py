@@ -18,6 +18,7 @@ from events.payloads import ErrorDetail
 
 log = structlog.get_logger("batchyard.results")
 FLUSH_ROWS = 256
+EMBEDDED, FAILED = 1, 2  # Ingest.done: what an item's result was
 
 
 class _Embedding(msgspec.Struct):
@@ -77,27 +78,29 @@ class Ingest:
         self.rows: list[tuple[str, np.ndarray]] = []
         self.failures: dict[str, ErrorDetail] = {}
         self.unexpected = 0
-        self._index = 0
+        self.duplicated: set[str] = set()
         self._tail = b""
 
     def add(self, key: str | None, vector: np.ndarray | None, error: ErrorDetail | None) -> None:
-        if key is None and self._index < len(self.order):
-            key = self.order[self._index]  # lines come in input order
-        self._index += 1
+        """Take the result for `key`. A result for no item is counted and dropped; a second
+        result for one item fails it, since which of the two is its own is unknown."""
         at = self.position.get(key) if key is not None else None
-        if at is None or self.done[at]:
+        if at is None:
             self.unexpected += 1
             return
         key = self.order[at]
+        if self.done[at]:
+            self.duplicated.add(key)
+            return
         if vector is not None and error is None:
             why = check_vector(vector, self.dims)
             if why is None:
-                self.failures.pop(key, None)
-                self.done[at] = 1
+                self.done[at] = EMBEDDED
                 self.embedded += 1
                 self.rows.append((key, vector))
                 return
             error = ErrorDetail(status="INVALID_EMBEDDING", message=why)
+        self.done[at] = FAILED
         self.failures[key] = error or ErrorDetail(message="no embedding in the result")
 
     async def flush(self) -> None:
@@ -142,13 +145,27 @@ class Ingest:
             with np.errstate(over="ignore"):
                 self._parse(self._tail)
             self._tail = b""
+        if self.duplicated:
+            await self._retract()
         await self.flush()
         for key, done in zip(self.order, self.done, strict=True):
-            if not done and key not in self.failures:
-                self.failures[key] = ErrorDetail(status="MISSING",
+            if not done:
+                self.failures[key] = ErrorDetail(status="RESULT_MISSING",
                                                  message="no result for this item")
         if self.unexpected:
             log.warning("results.unexpected_keys", batch_id=self.batch_id, count=self.unexpected)
+
+    async def _retract(self) -> None:
+        """Fail every item that had more than one result, and take back its vector."""
+        log.warning("results.duplicated_keys", batch_id=self.batch_id,
+                    count=len(self.duplicated))
+        taken = [k for k in self.duplicated if self.done[self.position[k]] == EMBEDDED]
+        self.embedded -= len(taken)
+        self.rows = [r for r in self.rows if r[0] not in self.duplicated]
+        await self.app.store.delete_embeddings(self.model, self.batch_id, taken)
+        for key in self.duplicated:
+            self.failures[key] = ErrorDetail(status="RESULT_MISSING",
+                                             message="more than one result for this item")
 
 
 def _lenient_key(raw: bytes) -> str | None:
@@ -169,19 +186,38 @@ async def ingest_file(app: App, inp: Input, file_name: str) -> Ingest:
 
 
 async def ingest_inline(app: App, inp: Input, results: list[InlineResult]) -> Ingest:
-    """Validate and upsert inlined responses (one per request, in input order)."""
+    """Validate and upsert inlined responses, matched to their items by `metadata.key`.
+
+    The API reorders inlined responses, so position is trusted only when no response
+    carries metadata at all, they number at most BATCHYARD_INLINE_MAX_ITEMS and exactly
+    as many as the items; otherwise an unmatched item fails (RESULT_MISSING).
+    """
+    if any(r.key is not None for r in results):
+        keys: list[str | None] = [r.key for r in results]
+    elif len(results) == len(inp.items) <= app.settings.inline_max_items:
+        keys = [item.id for item in inp.items]
+    else:
+        log.warning("results.unmatchable", batch_id=inp.request.batch_id,
+                    responses=len(results), items=len(inp.items))
+        keys = [None] * len(results)
+    return await _ingest(app, inp, keys, results)
+
+
+async def ingest_vectors(app: App, inp: Input, online: list[list[float] | None]) -> Ingest:
+    """Validate and upsert online embeddings (one per item, in input order: each call's
+    answer has been checked to hold one vector per text)."""
+    results = [InlineResult(vectors.from_list(v), None) if v is not None
+               else InlineResult(None, "no embedding") for v in online]
+    return await _ingest(app, inp, [item.id for item in inp.items], results)
+
+
+async def _ingest(app: App, inp: Input, keys: list[str | None],
+                  results: list[InlineResult]) -> Ingest:
     ingest = Ingest(app, inp)
-    for item, result in zip(inp.items, results, strict=False):
+    for key, result in zip(keys, results, strict=True):
         error = ErrorDetail(status=result.status, message=result.error) if result.error else None
-        ingest.add(item.id, result.values, error)
+        ingest.add(key, result.values, error)
         if len(ingest.rows) >= FLUSH_ROWS:
             await ingest.flush()
     await ingest.finish()
     return ingest
-
-
-async def ingest_vectors(app: App, inp: Input, online: list[list[float] | None]) -> Ingest:
-    """Validate and upsert online embeddings (one per item, in input order)."""
-    results = [InlineResult(vectors.from_list(v), None) if v is not None
-               else InlineResult(None, "no embedding") for v in online]
-    return await ingest_inline(app, inp, results)

@@ -109,6 +109,14 @@ class Store:
                 "OR embed_path = $2 THEN $2 ELSE 'both' END WHERE batch_id = $1",
                 batch_id, path)
 
+    async def delete_embeddings(self, model: str, batch_id: str, item_ids: list[str]) -> None:
+        """Take back vectors written for these items by this batch."""
+        if item_ids:
+            async with db_errors():
+                await self.pool.execute(
+                    "DELETE FROM batchyard.embeddings WHERE model = $1 AND batch_id = $2 "
+                    "AND item_id = ANY($3::text[])", model, batch_id, item_ids)
+
     async def write_embeddings(self, model: str, batch_id: str,
                                rows: Sequence[tuple[str, np.ndarray]],
                                normalize: bool = False) -> None:

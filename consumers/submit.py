@@ -241,7 +241,8 @@ class Submit:
         inline = few and inp.max_jsonl_bytes() <= INLINE_MAX_BYTES
         if inline or (few and len(data := inp.jsonl()) <= INLINE_MAX_BYTES):
             job = await app.gemini.create_job(
-                inp.model, name, texts=[i.text for i in inp.items], config=inp.embed_config())
+                inp.model, name, texts=[i.text for i in inp.items],
+                keys=[i.id for i in inp.items], config=inp.embed_config())
             return job, None
         file_name = await app.gemini.upload_jsonl(data if few else inp.jsonl(), name)
         try:
