@@ -106,6 +106,13 @@ class Job:
         if state == SUCCEEDED:
             stats["successfulRequestCount"] = str(count - self.failed_items)
             stats["failedRequestCount"] = str(self.failed_items)
+        elif state == RUNNING:
+            # The real API's counts rise while a job runs (GEMINI_API.md §9).
+            start = self.created + self.pending_s
+            done = min(count, int(count * (now - start) / self.running_s)) \
+                if self.running_s > 0 else 0
+            stats["successfulRequestCount"] = str(done)
+            stats["pendingRequestCount"] = str(count - done)
         elif state not in TERMINAL:
             stats["pendingRequestCount"] = str(count)
         metadata: dict[str, Any] = {"@type": _BATCH_TYPE, "name": self.name,

@@ -117,3 +117,27 @@ async def test_faults_refuse_a_negative_threshold_and_bad_metadata(
     requests[0]["metadata"] = "k0"
     status, body = await _inline(emu, session, requests)
     assert status == 400 and body["error"]["status"] == "INVALID_ARGUMENT"
+
+
+async def test_batch_stats_rise_while_the_job_runs(
+    emu: Emulator, session: aiohttp.ClientSession,
+) -> None:
+    """successfulRequestCount climbs through RUNNING and pendingRequestCount falls."""
+    await emu.set_faults(job_pending_s=1, job_running_s=10)
+    body = {"batch": {"inputConfig": {"requests": {"requests": _requests(100)}}}}
+    async with session.post(f"{emu.url}/v1beta/models/{MODEL}:asyncBatchEmbedContent",
+                            json=body) as response:
+        name = (await response.json())["name"]
+    seen: list[tuple[str, int, int]] = []
+    for _ in range(4):
+        await emu.advance(3)
+        async with session.get(f"{emu.url}/v1beta/{name}") as response:
+            meta = (await response.json())["metadata"]
+        stats = meta["batchStats"]
+        seen.append((meta["state"], int(stats.get("successfulRequestCount", 0)),
+                     int(stats.get("pendingRequestCount", 0))))
+    running = [s for s in seen if s[0] == "BATCH_STATE_RUNNING"]
+    assert len(running) >= 2
+    assert [d for _, d, _ in running] == sorted(d for _, d, _ in running)
+    assert running[0][1] < running[-1][1] and all(d + p == 100 for _, d, p in running)
+    assert seen[-1] == ("BATCH_STATE_SUCCEEDED", 100, 0)
