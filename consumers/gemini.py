@@ -208,8 +208,9 @@ class Gemini:
             requests: list[dict[str, Any]] = [
                 {"request": {"content": {"parts": [{"text": t}], "role": "user"}, **extra}}
                 for t in texts or ()]
-            for request, key in zip(requests, keys or (), strict=False):
-                request["metadata"] = {"key": key}
+            if keys is not None:
+                for request, key in zip(requests, keys, strict=True):
+                    request["metadata"] = {"key": key}
             body = {"batch": {"displayName": display_name,
                               "inputConfig": {"requests": {"requests": requests}}}}
             path = f"{genai_names.t_model(aio._api_client, model)}:asyncBatchEmbedContent"
@@ -247,7 +248,7 @@ class Gemini:
         async with self._call("batches.list"):
             pager = await (await self._aio()).batches.list(config={"page_size": 100})
             async for job in _listed(pager, max_pages):
-                if job.display_name in display_names:
+                if job.display_name in display_names and job.display_name not in found:
                     found[job.display_name] = _job(job)
                     if len(found) == len(display_names):
                         break

@@ -12,6 +12,7 @@ from nats.aio.msg import Msg
 from consumers import metrics
 from consumers.app import App, utcnow
 from consumers.errors import AuthError, BatchyardError, RetryableError
+from consumers.store import LIVE
 from events import subjects
 from events.payloads import (
     ID_PATTERN,
@@ -102,8 +103,7 @@ async def park(app: App, msg: Msg, *, stage: Stage, batch_id: str, attempt: int,
     # replay must find the batch auth_failed. A crash in between leaves the original
     # unacked; its redelivery fails the same way and parks it then.
     await app.store.update(
-        batch_id, {"attempt": attempt, "status": ["pending_submission", "submitting",
-                                                  "submitted", "auth_failed"]},
+        batch_id, {"attempt": attempt, "status": list(LIVE)},
         status="auth_failed", key_fingerprint=fingerprint,
         last_error=f"{error.code} {error.status}: {error.message}")
     payload = original(msg.data)

@@ -114,24 +114,24 @@ async def reconcile_jobs(app: App) -> int:
         batch_id, attempt, shard = r["batch_id"], r["attempt"], r["shard"]
         creating = r["state"] == "creating"
         job = await _job_of(app, r["job_name"]) if r["job_name"] else listed.get(r["display_name"])
-        if job is None:
-            if not creating:  # deleted, or unknown to the API
-                await app.quota.finished(batch_id, attempt, "cancelled", shard)
-            elif r["abandoned"]:
-                await app.quota.release(batch_id, attempt, shard)
-            else:  # its creation may still be under way
-                continue
+        if job is None and not creating:
+            outcome = "unknown to the API"  # deleted
+            await app.quota.finished(batch_id, attempt, "cancelled", shard)
+        elif job is None:
+            if not r["abandoned"]:
+                continue  # its creation may still be under way
+            outcome = "never made"
+            await app.quota.release(batch_id, attempt, shard)
         else:
+            if not creating and not job.done:
+                continue
+            outcome = job.state
             if creating:
                 await app.quota.created(batch_id, attempt, job.name, None, shard=shard)
             if job.done:
                 await app.quota.finished(batch_id, attempt, job.state, shard)
-            elif not creating:
-                continue
         changed += 1
-        log.info("job.reconciled", display_name=r["display_name"],
-                 outcome=job.state if job else ("unknown to the API" if not creating
-                                                else "never made"))
+        log.info("job.reconciled", display_name=r["display_name"], outcome=outcome)
     return changed
 
 
