@@ -57,12 +57,26 @@ class InlineResult:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """A job's `batchStats`: its requests, and how many have succeeded or failed so far."""
+
+    requests: int
+    succeeded: int
+    failed: int
+
+    @property
+    def done(self) -> int:
+        return self.succeeded + self.failed
+
+
+@dataclass(frozen=True)
 class Job:
     name: str
     display_name: str | None
     state: str  # pending, running, succeeded, failed, cancelled, expired
     output_file: str | None = None
     inline: list[InlineResult] | None = None
+    progress: Progress | None = None
 
     @property
     def done(self) -> bool:
@@ -311,6 +325,7 @@ async def _listed(pager: Any, max_pages: int) -> AsyncIterator[Any]:
 _STATES = {"JOB_STATE_QUEUED": "pending", "JOB_STATE_PENDING": "pending",
            "JOB_STATE_RUNNING": "running", "JOB_STATE_SUCCEEDED": "succeeded",
            "JOB_STATE_FAILED": "failed", "JOB_STATE_CANCELLING": "running",
+           "BATCH_STATE_CANCELLING": "running",
            "JOB_STATE_CANCELLED": "cancelled", "JOB_STATE_EXPIRED": "expired",
            "JOB_STATE_PAUSED": "pending", "JOB_STATE_UNSPECIFIED": "pending"}
 
@@ -372,7 +387,21 @@ def _job_of(doc: Any, name: str) -> Job:
     return Job(name=_field(doc, "name", str) or name,
                display_name=_field(meta, "displayName", str),
                state=_STATES.get(state, "pending"),
-               output_file=_field(out, "responsesFile", str), inline=inline)
+               output_file=_field(out, "responsesFile", str), inline=inline,
+               progress=_progress(_field(meta, "batchStats", simdjson.Object)))
+
+
+def _progress(stats: Any) -> Progress | None:
+    """`batchStats` counts are int64, so strings on the wire; a count absent is 0."""
+    if stats is None:
+        return None
+    counts = []
+    for key in ("requestCount", "successfulRequestCount", "failedRequestCount"):
+        value = stats.get(key)
+        if isinstance(value, str) and value.isascii() and value.isdigit():
+            value = int(value)
+        counts.append(value if isinstance(value, int) and value >= 0 else 0)
+    return Progress(*counts)
 
 
 def _meta_key(meta: Any) -> str | None:

@@ -20,4 +20,7 @@ HELD = Counter("batchyard_held_total", "submit messages put back for lack of Bat
 GATE_CLOSED = Counter("batchyard_quota_gate_closures_total", "quota gate closures after a 429")
 QUOTA_WAIT = Counter("batchyard_quota_wait_seconds_total",
                      "seconds submit pods held off fetching for lack of Batch API room")
+JOB_REQUESTS_DONE = Counter(
+    "batchyard_job_requests_done_total",
+    "requests running Batch API jobs report done (batchStats), counted as polls see them")
 FILES_SWEPT = Counter("batchyard_files_swept_total", "orphaned input files deleted by the sweep")

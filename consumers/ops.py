@@ -55,8 +55,11 @@ async def status(app: App) -> dict[str, Any]:
     health, _ = await app.guard.read()
     gate, _ = await app.quota.read()
     active = await app.store.pool.fetchrow(
-        "SELECT count(*) AS jobs, coalesce(sum(est_tokens), 0) AS tokens FROM batchyard.jobs "
-        "WHERE state IN ('creating', 'pending', 'running')")
+        "SELECT count(*) AS jobs, coalesce(sum(est_tokens), 0) AS tokens,"
+        " coalesce(sum(items), 0) AS requests,"
+        " coalesce(sum(coalesce(requests_succeeded, 0) + coalesce(requests_failed, 0)), 0)"
+        " AS requests_done FROM batchyard.jobs"
+        " WHERE state IN ('creating', 'pending', 'running')")
     waiting = await app.store.pool.fetchval(
         "SELECT count(*) FROM batchyard.batches WHERE status = 'pending_submission'")
     s = app.settings
@@ -65,7 +68,8 @@ async def status(app: App) -> dict[str, Any]:
                   "active_jobs": active["jobs"], "max_active_jobs": s.max_active_jobs,
                   "enqueued_tokens": active["tokens"],
                   "max_enqueued_tokens": s.max_enqueued_tokens or None,
-                  "batches_waiting": waiting},
+                  "batches_waiting": waiting,
+                  "requests_done": active["requests_done"], "requests": active["requests"]},
         "batches": {r["status"]: r["n"] for r in rows},
         "parked": parked.state.messages,
         "dead": (dead.state.subjects or {}).get(subjects.DEAD, 0),
@@ -84,8 +88,10 @@ def print_status(data: dict[str, Any]) -> None:
     q = data["quota"]
     emit({**q["gate"], "active_jobs": f"{q['active_jobs']} / {q['max_active_jobs']}",
           "enqueued_tokens": f"{q['enqueued_tokens']} / {q['max_enqueued_tokens'] or 'no limit'}",
-          "waiting": q["batches_waiting"]}, False, "Batch API quota",
-         ["state", "until", "reason", "active_jobs", "enqueued_tokens", "waiting"])
+          "waiting": q["batches_waiting"],
+          "progress": f"{q['requests_done']} / {q['requests']} requests"}, False,
+         "Batch API quota", ["state", "until", "reason", "active_jobs", "enqueued_tokens",
+                             "waiting", "progress"])
 
 
 async def batches(app: App, state: str | None, limit: int) -> list[dict[str, Any]]:
@@ -107,12 +113,21 @@ async def batch(app: App, batch_id: str) -> dict[str, Any] | None:
     out["embeddings_stored"] = await app.store.pool.fetchval(
         "SELECT count(*) FROM batchyard.embeddings WHERE batch_id = $1", batch_id)
     out["jobs"] = [
-        {k: r[k] for k in ("attempt", "shard", "state", "job_name", "items", "est_tokens",
-                           "input_file")}
+        {**{k: r[k] for k in ("attempt", "shard", "state", "job_name", "items", "est_tokens",
+                              "input_file", "requests_succeeded", "requests_failed",
+                              "polled_at")}, "progress": _progress(r)}
         for r in await app.store.pool.fetch(
             "SELECT * FROM batchyard.jobs WHERE batch_id = $1 ORDER BY attempt, shard",
             batch_id)]
     return out
+
+
+def _progress(job: Any) -> str | None:
+    """"done / items (pct)" of a job a poll has seen running; None before."""
+    if job["polled_at"] is None or job["state"] not in ("pending", "running"):
+        return None
+    done = (job["requests_succeeded"] or 0) + (job["requests_failed"] or 0)
+    return f"{done} / {job['items']} ({100 * done // max(job['items'], 1)}%)"
 
 
 async def _stream(app: App, stream: str, subject: str | None = None,

@@ -61,6 +61,8 @@ class Poll:
                      status=row["status"] if row else None)
             return ACK
         polled = await app.gemini.get_job(req.job_name)
+        if not polled.done:
+            await app.quota.progress(req.batch_id, req.attempt, polled)
         if row["status"] == "auth_failed":
             # Parked at this stage and replayed (or redelivered) before the row moved back.
             await app.store.update(req.batch_id, {"attempt": req.attempt,
@@ -97,6 +99,8 @@ class Poll:
         job = None
         if mine["state"] not in TERMINAL:
             job = await app.gemini.get_job(req.job_name)
+            if not job.done:
+                await app.quota.progress(batch_id, req.attempt, job, k)
             if row["status"] == "auth_failed":
                 await self._unpark_shards(row, recorded)
             if (job := await self._finished(job, mine["created_at"])) is None:

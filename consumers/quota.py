@@ -18,6 +18,7 @@ import structlog
 from nats.js.kv import KeyValue
 
 from consumers import metrics
+from consumers.gemini import Job
 from consumers.kvdoc import KvDoc
 from consumers.settings import Settings
 from consumers.store import Store, db_errors
@@ -37,6 +38,19 @@ INSERT INTO batchyard.jobs (batch_id, attempt, shard, display_name, state, items
 SELECT $1, $2, $9::integer, $3, 'creating', $4, $5::bigint FROM active
 WHERE active.jobs < $6::bigint AND ($8::bigint = 0 OR active.tokens + $5::bigint <= $8::bigint)
 RETURNING state
+"""
+_PROGRESS = """
+WITH before AS (
+    SELECT coalesce(requests_succeeded, 0) + coalesce(requests_failed, 0) AS done
+    FROM batchyard.jobs WHERE batch_id = $1 AND attempt = $2 AND shard = $3
+    AND state IN ('pending', 'running') FOR UPDATE
+)
+UPDATE batchyard.jobs j
+SET state = $4, requests_succeeded = coalesce($5, j.requests_succeeded),
+    requests_failed = coalesce($6, j.requests_failed), polled_at = now()
+FROM before
+WHERE j.batch_id = $1 AND j.attempt = $2 AND j.shard = $3
+RETURNING greatest(coalesce($5, 0) + coalesce($6, 0) - before.done, 0)
 """
 GATE_CACHE_S = 1.0
 PROBING = "cooldown over: one pod probes with a creation"
@@ -76,6 +90,17 @@ class Quota:
                 "UPDATE batchyard.jobs SET state = 'pending', job_name = $3, input_file = $4 "
                 "WHERE batch_id = $1 AND attempt = $2 AND shard = $5", batch_id, attempt,
                 job_name, input_file, shard)
+
+    async def progress(self, batch_id: str, attempt: int, job: Job, shard: int = 0) -> None:
+        """Record a live job's state and counts as its poll saw them; the requests done
+        since the last poll go to the progress counter (the row keeps the pods agreed)."""
+        counts = job.progress
+        async with db_errors():
+            gained = await self.store.pool.fetchval(
+                _PROGRESS, batch_id, attempt, shard, job.state,
+                counts.succeeded if counts else None, counts.failed if counts else None)
+        if gained:
+            metrics.JOB_REQUESTS_DONE.inc(gained)
 
     async def release(self, batch_id: str, attempt: int, shard: int = 0) -> None:
         """Give back a slot whose job was never created."""
