@@ -18,6 +18,7 @@ import structlog
 from nats.js.kv import KeyValue
 
 from consumers import metrics
+from consumers.errors import BatchyardError
 from consumers.gemini import Job
 from consumers.kvdoc import KvDoc
 from consumers.settings import Settings
@@ -67,6 +68,10 @@ class Quota:
         self.settings = settings
         self._gate: tuple[float, QuotaGate | None] = (0.0, None)
         self.paused_until = 0.0  # this pod holds off fetching after a hold
+        # After a hold for want of room: what was active then, until when this pod waits
+        # for it to shrink (a job finishing), and when it last looked.
+        self._full: tuple[tuple[int, int], float] | None = None
+        self._full_checked = 0.0
 
     async def reserve(self, batch_id: str, attempt: int, display_name: str, items: int,
                       est_tokens: int, model: str, shard: int = 0) -> str | None:
@@ -182,9 +187,46 @@ class Quota:
             await self._write(QuotaGate(state="open", reason="created", checked_at=_now()),
                               revision)
 
+    async def _active(self) -> tuple[int, int]:
+        async with db_errors():
+            row = await self.store.pool.fetchrow(
+                "SELECT count(*) AS jobs, coalesce(sum(est_tokens), 0) AS tokens"
+                " FROM batchyard.jobs WHERE state IN ('creating', 'pending', 'running')")
+        return int(row["jobs"]), int(row["tokens"])
+
+    async def full(self) -> None:
+        """Admission had no room: fetch nothing until a job finishes (what is active
+        shrinks) or the cooldown passes, so a long wait puts back a handful of copies."""
+        try:
+            active = await self._active()
+        except BatchyardError:
+            active = (0, 0)  # nothing to compare with: the cooldown alone ends the wait
+        self._full = (active, time.monotonic() + self.settings.quota_cooldown)
+        self._full_checked = time.monotonic()
+
+    async def _room_wait(self) -> float:
+        if self._full is None:
+            return 0.0
+        then, until = self._full
+        now = time.monotonic()
+        if now >= until:
+            self._full = None
+            return 0.0
+        if now - self._full_checked >= GATE_CACHE_S:
+            self._full_checked = now
+            try:
+                jobs, tokens = await self._active()
+            except BatchyardError:
+                jobs, tokens = then  # PostgreSQL is away: keep waiting, bounded by `until`
+            if jobs < then[0] or tokens < then[1]:
+                log.info("quota.room", active_jobs=jobs, enqueued_tokens=tokens)
+                self._full = None
+                return 0.0
+        return until - now
+
     async def wait_time(self) -> float:
         """Seconds until this pod may fetch submit messages again (0: now)."""
-        local = self.paused_until - time.monotonic()
+        local = max(self.paused_until - time.monotonic(), await self._room_wait())
         at, gate = self._gate
         if time.monotonic() - at > GATE_CACHE_S:
             gate, _ = await self.read()

@@ -34,6 +34,7 @@ BUSY_DELAY = 5.0
 HOLD_PAUSE = 2.0  # after a hold, this pod fetches again no sooner than this
 RUNNING = ("submitting", "submitted")
 FALLBACK_AFTER = 2  # whole-job failures on the Batch API side before going online
+HELD = Outcome(ACK.action, label="held")
 
 
 class Submit:
@@ -57,7 +58,13 @@ class Submit:
     async def handle(self, msg: Msg) -> Outcome:
         req = decode(msg.data, SubmitRequest)
         with structlog.contextvars.bound_contextvars(batch_id=req.batch_id, attempt=req.attempt):
-            return await self._handle(msg, req)
+            outcome = await self._handle(msg, req)
+            if outcome is HELD:
+                # Put back only once the batch's claim is let go: a peer taking the copy
+                # at once must not find the batch busy and spend a delivery on it.
+                await publish(self.app.js, subjects.SUBMIT, msg.data,
+                              subjects.held_id(msg.metadata.sequence.stream))
+            return outcome
 
     async def _handle(self, msg: Msg, req: SubmitRequest) -> Outcome:
         app, batch_id = self.app, req.batch_id
@@ -102,17 +109,19 @@ class Submit:
         log.info("batch.submitted", job_name=job.name, items=len(items), input_file=input_file)
         return ACK
 
-    async def _hold(self, msg: Msg, why: str) -> Outcome:
-        """Put the message back on batch.submit for later; waiting spends no deliveries."""
+    async def _hold(self, msg: Msg, why: str, *, full: bool = False) -> Outcome:
+        """The batch waits for room: `handle` puts the message back on batch.submit (a
+        wait spends no deliveries). After `full` (no room) this pod fetches no more until
+        a job finishes or the cooldown passes."""
         req = decode(msg.data, SubmitRequest)
         await self.app.store.update(req.batch_id, {"attempt": req.attempt, "status": "submitting"},
                                     status="pending_submission")
-        await publish(self.app.js, subjects.SUBMIT, msg.data,
-                      subjects.held_id(msg.metadata.sequence.stream))
         self.app.quota.paused_until = time.monotonic() + HOLD_PAUSE
+        if full:
+            await self.app.quota.full()
         metrics.HELD.inc()
         log.info("submit.held", reason=why)
-        return Outcome(ACK.action, label="held")
+        return HELD
 
     async def _busy(self, msg: Msg) -> Outcome:
         """Another pod is working on this batch: wait. On the last delivery the wait goes
@@ -190,7 +199,8 @@ class Submit:
         reserved = await app.quota.reserve(batch_id, attempt, name, len(inp.items),
                                            inp.est_tokens(), inp.model, shard=shard)
         if reserved is None:
-            return await self._hold(msg, "no room: active jobs or enqueued tokens at limit")
+            return await self._hold(msg, "no room: active jobs or enqueued tokens at limit",
+                                    full=True)
         # The row of an earlier try (a crash, a lost answer) may have a job: look it up
         # before creating one.
         adopt = reserved == "again"
