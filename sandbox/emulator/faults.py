@@ -9,6 +9,7 @@ import msgspec
 
 from .errors import SERVER_ERRORS
 
+# "never": the job does not finish by itself, so it expires at 48 h like any other.
 JobOutcome = Literal["failed", "cancelled", "expired", "never"]
 BadVector = Literal["wrong_length", "nan", "zeros"]
 
@@ -17,7 +18,7 @@ _RATES = ("error_rate", "rate_limit_rate", "job_outcome_rate", "item_error_rate"
 _NON_NEGATIVE = (
     "retry_delay_s", "rate_limit_burst", "latency_ms", "download_latency_ms",
     "job_pending_s", "job_running_s", "max_active_jobs", "max_job_tokens",
-    "max_enqueued_tokens", "create_429_for_s", "shuffle_inline_over",
+    "max_enqueued_tokens", "create_429_for_s", "shuffle_inline_over", "cancel_s",
 )
 
 
@@ -35,6 +36,8 @@ class Faults(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     job_outcome_rate: float = 1.0
     job_pending_s: float | None = None
     job_running_s: float | None = None
+    # Emulator seconds a cancelled job spends in BATCH_STATE_CANCELLING before CANCELLED.
+    cancel_s: float = 0.5
     item_error_rate: float = 0.0
     bad_vector: BadVector | None = None
     bad_vector_rate: float = 1.0

@@ -14,11 +14,22 @@ from .wire import timestamp
 
 PENDING = "BATCH_STATE_PENDING"
 RUNNING = "BATCH_STATE_RUNNING"
+# Between a cancel and CANCELLED (GEMINI_API.md §9.4, in the SDK's JOB_STATE_CANCELLING
+# spelling). The Batch API speaks BATCH_STATE_* on the wire where the docs and the SDK say
+# JOB_STATE_* (googleapis/python-genai#1297: "BATCH_STATE_RUNNING is not a valid JobState";
+# googleapis/java-genai#498: BATCH_STATE_RUNNING and _EXPIRED were not mapped), and
+# third-party Gemini batch clients map this very name. google-genai 3.6.1
+# `_transformers.t_job_state` (like js-genai `tJobState`) has no case for it, so it passes
+# through: `BatchJob.state` is an ad-hoc JobState whose value is "BATCH_STATE_CANCELLING",
+# not JobState.JOB_STATE_CANCELLING, and a UserWarning says it "is not a valid JobState".
+CANCELLING = "BATCH_STATE_CANCELLING"
 SUCCEEDED = "BATCH_STATE_SUCCEEDED"
 FAILED = "BATCH_STATE_FAILED"
 CANCELLED = "BATCH_STATE_CANCELLED"
 EXPIRED = "BATCH_STATE_EXPIRED"
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, EXPIRED})
+# A job pending or running longer than this ends EXPIRED with no results (GEMINI_API.md §9.4).
+MAX_LIFETIME_S = 48 * 3600.0
 
 _END_STATE = {"succeeded": SUCCEEDED, "failed": FAILED, "cancelled": CANCELLED,
               "expired": EXPIRED}
@@ -60,17 +71,37 @@ class Job:
     output_file: str | None = None
     inline_output: list[dict[str, Any]] | None = None
     failed_items: int = 0
+    cancel_asked: float | None = None
+    cancel_done: float | None = None  # when a cancelling job turns CANCELLED
 
     @property
     def name(self) -> str:
         """`batches/<id>`."""
         return f"batches/{self.id}"
 
-    def due(self) -> float | None:
-        """When the job reaches its terminal state by itself; None if never."""
-        if self.final_state is not None or self.outcome == "never":
+    def fate(self) -> tuple[float, str] | None:
+        """When the job turns terminal by itself and in which state; None once it has."""
+        if self.final_state is not None:
             return None
-        return self.created + self.pending_s + self.running_s
+        expires = self.created + MAX_LIFETIME_S
+        if self.cancel_done is not None:
+            # A cancelling job ends CANCELLED, never SUCCEEDED, unless it expires first.
+            if self.cancel_done <= expires:
+                return self.cancel_done, CANCELLED
+            return expires, EXPIRED
+        if self.outcome == "never":
+            return expires, EXPIRED
+        ends = self.created + self.pending_s + self.running_s
+        if ends > expires:
+            return expires, EXPIRED
+        return ends, _END_STATE[self.outcome]
+
+    def end_state(self) -> str:
+        """The terminal state this job reaches by itself when it is due."""
+        fate = self.fate()
+        if fate is None:
+            raise ValueError(f"{self.name} is already {self.final_state}")
+        return fate[1]
 
     def state_at(self, now: float) -> str:
         """The BATCH_STATE_* at emulator time `now`."""
@@ -78,13 +109,18 @@ class Job:
             return self.final_state
         # A job turns terminal only in Project.tick(), which writes its output at the
         # same moment: reading the clock twice must never show SUCCEEDED with no output.
+        if self.cancel_asked is not None and now >= self.cancel_asked:
+            return CANCELLING
         if now < self.created + self.pending_s or self.outcome == "expired":
             return PENDING
         return RUNNING
 
-    def end_state(self) -> str:
-        """The terminal state this job reaches by itself when it is due."""
-        return _END_STATE[self.outcome]
+    def cancel(self, now: float, takes_s: float) -> None:
+        """Start cancelling at `now`; CANCELLED `takes_s` later. A second cancel changes
+        nothing."""
+        if self.final_state is None and self.cancel_asked is None:
+            self.cancel_asked = now
+            self.cancel_done = now + takes_s
 
     def end(self, state: str, at: float) -> None:
         """Make the job terminal in `state` at time `at`."""
@@ -94,9 +130,19 @@ class Job:
     def _updated(self, now: float) -> float:
         if self.ended is not None:
             return self.ended
-        if self.state_at(now) == RUNNING:
+        state = self.state_at(now)
+        if state == CANCELLING and self.cancel_asked is not None:
+            return self.cancel_asked
+        if state == RUNNING:
             return self.created + self.pending_s
         return self.created
+
+    def _done_by(self, moment: float) -> int:
+        """Requests a running job has done by `moment`: they rise with its running time."""
+        start = self.created + self.pending_s
+        if self.outcome == "expired" or moment <= start or self.running_s <= 0:
+            return 0
+        return min(len(self.items), int(len(self.items) * (moment - start) / self.running_s))
 
     def operation(self, now: float, wall: Callable[[float], float]) -> dict[str, Any]:
         """The google.longrunning Operation the API answers for this job."""
@@ -106,11 +152,10 @@ class Job:
         if state == SUCCEEDED:
             stats["successfulRequestCount"] = str(count - self.failed_items)
             stats["failedRequestCount"] = str(self.failed_items)
-        elif state == RUNNING:
-            # The real API's counts rise while a job runs (GEMINI_API.md §9).
-            start = self.created + self.pending_s
-            done = min(count, int(count * (now - start) / self.running_s)) \
-                if self.running_s > 0 else 0
+        elif state in (RUNNING, CANCELLING):
+            # The real API's counts rise while a job runs (GEMINI_API.md §9); a cancel
+            # stops them where they were.
+            done = self._done_by(now if self.cancel_asked is None else self.cancel_asked)
             stats["successfulRequestCount"] = str(done)
             stats["pendingRequestCount"] = str(count - done)
         elif state not in TERMINAL:

@@ -81,12 +81,11 @@ class EmulatorState:
         """Bring every job up to the clock: finish those whose time has come."""
         now = self.clock.now()
         for job in list(self.jobs.values()):
-            due = job.due()
-            if due is not None and now >= due:
-                self._finish(job, due)
+            fate = job.fate()
+            if fate is not None and now >= fate[0]:
+                self._finish(job, *fate)
 
-    def _finish(self, job: jobs.Job, at: float) -> None:
-        state = job.end_state()
+    def _finish(self, job: jobs.Job, at: float, state: str) -> None:
         if state == jobs.SUCCEEDED:
             results = jobs.run(job)
             job.failed_items = sum(1 for result in results if "error" in result)
@@ -150,11 +149,11 @@ class EmulatorState:
         return job
 
     def cancel(self, job_id: str) -> None:
-        """Cancel a job that is not yet terminal; a terminal one stays as it is."""
+        """Start cancelling a job that is not yet terminal: it is CANCELLING for the
+        `cancel_s` fault, then CANCELLED. A terminal one stays as it is."""
         job = self.job(job_id)
-        now = self.clock.now()
-        if job.state_at(now) not in jobs.TERMINAL:
-            job.end(jobs.CANCELLED, now)
+        job.cancel(self.clock.now(), self.faults.cancel_s)
+        self.tick()
 
     def listing(self) -> list[jobs.Job]:
         """All jobs, newest first."""

@@ -63,16 +63,19 @@ async def test_create_429_for_s(emu: Emulator, client: genai.Client) -> None:
     for _ in range(3):
         error = await client_error(inline_job(client, ["q"]))
         assert (error.code, error.message) == (429, EXHAUSTED)
+        assert "details" not in error.details["error"]
     assert (await client.aio.models.get(model="gemini-embedding-001")).name
     await emu.advance(601)
     assert (await inline_job(client, ["q"])).name
 
 
 async def test_cancel(emu: Emulator, client: genai.Client) -> None:
-    """Cancel ends a pending job as CANCELLED, frees its slot, and leaves a finished job be."""
+    """Cancel ends a pending job as CANCELLED once cancel_s has passed, frees its slot, and
+    leaves a finished job be."""
     await emu.set_faults(max_active_jobs=1)
     job = await file_job(client, ["c"])
     assert await client.aio.batches.cancel(name=job.name) is None
+    await emu.advance(0.5)
     cancelled = await client.aio.batches.get(name=job.name)
     assert cancelled.state == types.JobState.JOB_STATE_CANCELLED
     assert cancelled.end_time is not None and cancelled.dest is None
