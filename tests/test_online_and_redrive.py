@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Awaitable
+from typing import Any
 
 import aiohttp
 from nats.aio.client import Client as NATS
@@ -157,6 +159,10 @@ async def test_stuck_job_is_cancelled_and_resubmitted(stack: Stack) -> None:
     await nc.close()
 
 
+async def _is(value: Awaitable[Any], expected: Any) -> bool:
+    return await value == expected
+
+
 async def _n_jobs(stack: Stack, n: int) -> bool:
     return len(await _jobs(stack)) >= n
 
@@ -189,8 +195,13 @@ async def test_redrive_commands_twice_at_once_act_once(stack: Stack) -> None:
     outs = await asyncio.gather(_cli(stack, "batches", "cancel", "halt"),
                                 _cli(stack, "batches", "cancel", "halt"))
     assert sum(o.startswith("cancelled batch halt") for o in outs) == 1, outs
-    halt = next(j for j in await _jobs(stack) if j["display_name"] == "halt:0")
-    assert halt["state"] == "BATCH_STATE_CANCELLED"
+
+    async def halt_state() -> str:
+        return next(j["state"] for j in await _jobs(stack) if j["display_name"] == "halt:0")
+
+    # The API shows a cancel in progress before the job is cancelled.
+    assert await halt_state() in ("BATCH_STATE_CANCELLING", "BATCH_STATE_CANCELLED")
+    await wait_for(lambda: _is(halt_state(), "BATCH_STATE_CANCELLED"), 30)
     assert await db.fetchval("SELECT status FROM batchyard.batches "
                              "WHERE batch_id = 'halt'") == "cancelled"
     # Its admission slot is given back: a cancelled job no longer counts as active.
