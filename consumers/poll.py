@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 from consumers import letters, shards
 from consumers._runtime import ACK, Outcome, nak, term
 from consumers.app import App, utcnow
-from consumers.errors import AuthError, PermanentError, RetryableError
+from consumers.errors import AuthError, BatchyardError, PermanentError, RetryableError
 from consumers.finish import finish_attempt
 from consumers.gemini import TERMINAL, Job
 from consumers.inputs import Input, load_input
@@ -160,6 +160,10 @@ class Poll:
 
     async def reject(self, msg: Msg, error: InvalidMessage | PermanentError | RetryableError,
                      ) -> Outcome:
+        if not isinstance(error, InvalidMessage):
+            req = decode(msg.data, PollRequest)
+            if req.shard and (failed := await self._fail_shard(msg, req, error)) is not None:
+                return failed
         reason = await letters.reject(self.app, msg, error, stage="poll",
                                       working=["submitted"])
         if not isinstance(error, InvalidMessage):
@@ -168,6 +172,36 @@ class Poll:
             req = decode(msg.data, PollRequest)
             await self.app.quota.finished(req.batch_id, req.attempt, "failed", req.shard)
         return term(reason)
+
+    async def _fail_shard(self, msg: Msg, req: PollRequest,
+                          error: PermanentError | RetryableError) -> Outcome | None:
+        """A shard whose job cannot be polled (deleted, refused, out of deliveries) fails
+        whole, as a failed job does: its items go round with the attempt's others, and
+        its siblings run on, their slots and paid results kept. None when that cannot be
+        done (the attempt is over, its input unreadable): dead-letter."""
+        app, batch_id, k = self.app, req.batch_id, req.shard
+        try:
+            async with app.store.claim(batch_id) as claimed:
+                if not claimed:  # a sibling settling, or the submit still creating shards
+                    return nak(app.settings.poll_interval, "busy")
+                row = await app.store.get(batch_id)
+                recorded = await shards.rows(app, batch_id, req.attempt)
+                if (row is None or row["attempt"] != req.attempt or row["status"] not in LIVE
+                        or not any(r["shard"] == k and r["job_name"] == req.job_name
+                                   for r in recorded)):
+                    return None
+                inp = await load_input(app, int(row["input_seq"]))
+                detail = ErrorDetail(status="JOB_FAILED", message=f"batch job {req.job_name}"
+                                     f" could not be polled: {error.message}")
+                items = shards.part(inp, recorded, k).items
+                log.warning("shard.failed", shard=k, error=error.message)
+                await app.quota.finished(batch_id, req.attempt, "failed", k,
+                                         dict.fromkeys((item.id for item in items), detail))
+                await shards.settle(app, msg, inp, stage="poll")
+        except BatchyardError as exc:
+            log.warning("shard.unsettled", shard=k, error=exc.message)
+            return None
+        return Outcome(ACK.action, label="shard_failed")
 
     async def park(self, msg: Msg, error: AuthError) -> Outcome:
         req = decode(msg.data, PollRequest)

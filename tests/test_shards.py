@@ -267,3 +267,42 @@ def test_jsonl_size_bound_holds_for_any_text(texts: list[str], task: str | None,
     inp = Input(req, items)
     assert len(inp.jsonl()) <= inp.max_jsonl_bytes()
     assert inp.est_tokens() == -(-sum(len(t.encode()) for t in texts) // 4)
+
+
+async def test_a_deleted_shard_job_fails_that_shard_alone(stack: Stack) -> None:
+    """One shard's job deleted through the API: that shard fails whole and its items go
+    round; its siblings' results are kept, every slot comes back, the batch succeeds."""
+    await stack.emulator.set_faults(job_pending_s=600)
+    env = {"BATCHYARD_MAX_JOB_TOKENS": "5000", "BATCHYARD_POLL_INTERVAL": "1s"}
+    await stack.pod("submit", "poll", **env)
+    nc = await stack.nc()
+    db = await stack.db()
+    await submit(nc, _big("cut", 900, 40))
+    await wait_for(lambda: db.fetchval(
+        "SELECT count(*) >= 3 FROM batchyard.jobs WHERE state = 'pending'"
+        " AND batch_id = 'cut' AND attempt = 0"), 60)
+    await wait_for(lambda: db.fetchval(
+        "SELECT status = 'submitted' FROM batchyard.batches WHERE batch_id = 'cut'"), 60)
+    shards = await db.fetch("SELECT shard, job_name, items FROM batchyard.jobs"
+                            " WHERE batch_id = 'cut' ORDER BY shard")
+    victim = shards[1]
+    client = genai.Client(api_key=KEY, http_options={"base_url": stack.emulator.url})
+    await client.aio.batches.delete(name=victim["job_name"])
+    await stack.emulator.set_faults()  # jobs made from now on run at once
+    await stack.emulator.advance(600)  # and the remaining shards finish
+    assert await wait_finished(stack, 1, timeout=120) == {"succeeded": 1}, "\n".join(
+        line for line in stack.logs().splitlines() if "warn" in line or "error" in line)
+    assert await db.fetchval("SELECT count(*) FROM batchyard.embeddings"
+                             " WHERE batch_id = 'cut'") == 900
+    jobs = await db.fetch("SELECT attempt, shard, state, items FROM batchyard.jobs"
+                          " WHERE batch_id = 'cut' ORDER BY attempt, shard")
+    assert {(j["shard"], j["state"]) for j in jobs if j["attempt"] == 0} == {
+        (s["shard"], "failed" if s["shard"] == victim["shard"] else "succeeded")
+        for s in shards}
+    # Only the deleted shard's items were embedded again.
+    assert sum(j["items"] for j in jobs if j["attempt"] == 1) == victim["items"]
+    assert not [j for j in jobs if j["state"] in ("creating", "pending", "running")]
+    assert await stream_messages(nc, subjects.DEAD) == []
+    assert "shard.failed" in stack.logs()
+    await db.close()
+    await nc.close()
