@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import msgspec
+from nats.js.api import ObjectInfo
 from nats.js.errors import NotFoundError
 from nats.js.errors import ObjectNotFoundError as _ObjectNotFound
+from nats.js.object_store import ObjectStore
 
 from consumers.app import App
 from consumers.errors import PermanentError
 from events import jetstream as defs
 from events.payloads import (
+    MAX_INPUT_BYTES,
     InvalidMessage,
     Item,
+    ItemsReader,
     SubmitRequest,
     decode,
-    decode_items_jsonl,
     encode_items_jsonl,
 )
 
@@ -27,6 +31,7 @@ INLINE_MAX_BYTES = 1024 * 1024
 JSON_ESCAPE, LINE_FRAMING = 6, 192
 # Items of a retry are put in the object store above this, to stay under max_payload.
 MESSAGE_ITEMS_MAX_BYTES = 768 * 1024
+MAX_LINKS = 4  # object links followed to an items_object's data
 
 # Served models only: text-embedding-004, embedding-001 and gemini-embedding-exp-03-07
 # are retired (404), and a model not listed here is checked for no length.
@@ -104,16 +109,71 @@ class Input:
 
 
 async def load_items(app: App, req: SubmitRequest) -> list[Item]:
-    """The request's items, from the message or the BATCH_INPUTS object store."""
+    """The request's items, from the message or the BATCH_INPUTS object store.
+
+    An object's size is checked from its info before any of it is read (CONTRACT §8);
+    it is then read chunk by chunk as it streams in, never held whole.
+    """
     if req.items is not None:
         return req.items
     assert req.items_object is not None
+    store, bucket, name, info = await _object(app, req.items_object)
+    if (info.size or 0) > MAX_INPUT_BYTES:
+        raise InvalidMessage(f"items_object: {name!r} is {info.size} bytes, more than the "
+                             f"limit of {MAX_INPUT_BYTES}")
+    sink = _Sink()
     try:
-        obj = await app.inputs.get(req.items_object)
+        got = await store.get(name, writeinto=sink)
     except (_ObjectNotFound, NotFoundError):
-        raise InvalidMessage(f"items_object: no object {req.items_object!r} in "
-                             f"{defs.BATCH_INPUTS}") from None
-    return decode_items_jsonl(obj.data or b"")
+        raise InvalidMessage(f"items_object: no object {name!r} in {bucket}") from None
+    if got.data:  # a link swapped in since the check: nats-py reads those whole
+        sink.write(got.data)
+    if sink.error is not None:
+        raise sink.error
+    return sink.reader.items()
+
+
+async def _object(app: App, name: str) -> tuple[ObjectStore, str, str, ObjectInfo]:
+    """The object `name` in BATCH_INPUTS, past any links: store, bucket, name and info."""
+    store, bucket = app.inputs, defs.BATCH_INPUTS
+    for _ in range(MAX_LINKS + 1):
+        try:
+            info = await store.get_info(name)
+        except (_ObjectNotFound, NotFoundError):
+            raise InvalidMessage(f"items_object: no object {name!r} in {bucket}") from None
+        link = info.options.link if info.options else None
+        if link is None:
+            return store, bucket, name, info
+        if not link.name:
+            raise InvalidMessage(f"items_object: {name!r} links to a whole bucket")
+        bucket, name = link.bucket, link.name
+        try:
+            store = await app.js.object_store(bucket)
+        except NotFoundError:
+            raise InvalidMessage(f"items_object: no bucket {bucket!r}") from None
+    raise InvalidMessage(f"items_object: more than {MAX_LINKS} links to follow")
+
+
+class _Sink(io.BufferedIOBase):
+    """Where the object store writes an object's chunks (from an executor thread, one at
+    a time): into an ItemsReader. The first bad line is kept, not raised, so that the
+    store's read runs to its end and lets go of its subscription; the rest is skipped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reader = ItemsReader()
+        self.error: InvalidMessage | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if self.error is None:
+            try:
+                self.reader.feed(bytes(data))
+            except InvalidMessage as exc:
+                self.error = exc
+        return len(data)
 
 
 async def load_input(app: App, seq: int) -> Input:

@@ -1,10 +1,13 @@
 """Results of a finished job: stream-parse, validate each vector, upsert in chunks.
 
-Memory stays bounded whatever the file size: a partial line and at most `FLUSH_ROWS`
-rows are held at once.
+Memory stays bounded whatever the file size: a partial line of at most `max_line` bytes
+and at most `FLUSH_ROWS` rows are held at once. A longer line is dropped as it comes and
+fails its item.
 """
 
 from __future__ import annotations
+
+import re
 
 import msgspec
 import numpy as np
@@ -14,11 +17,16 @@ from consumers import vectors
 from consumers.app import App
 from consumers.gemini import InlineResult
 from consumers.inputs import Input
-from events.payloads import ErrorDetail
+from events.payloads import MAX_DIMENSIONALITY, ErrorDetail
 
 log = structlog.get_logger("batchyard.results")
 FLUSH_ROWS = 256
 EMBEDDED, FAILED = 1, 2  # Ingest.done: what an item's result was
+# A results line's bound: each value at 64 bytes (a double's shortest JSON is at most 24,
+# so spacing has room), and 256 KiB for its key, an error's message and whatever else
+# the API may add to a line. 448 KiB at 3072 dims; a longer line is no result.
+VALUE_BYTES, LINE_SLACK = 64, 256 * 1024
+KEY_AT = re.compile(rb'\s*\{\s*"key"\s*:\s*("(?:[^"\\]|\\.)*")')  # a line's leading key
 
 
 class _Embedding(msgspec.Struct):
@@ -79,7 +87,9 @@ class Ingest:
         self.failures: dict[str, ErrorDetail] = {}
         self.unexpected = 0
         self.duplicated: set[str] = set()
-        self._tail = b""
+        self.max_line = VALUE_BYTES * (self.dims or MAX_DIMENSIONALITY) + LINE_SLACK
+        self._tail = bytearray()
+        self._skipping = False  # a line past max_line is being dropped up to its end
 
     def add(self, key: str | None, vector: np.ndarray | None, error: ErrorDetail | None) -> None:
         """Take the result for `key`. A result for no item is counted and dropped; a second
@@ -110,16 +120,44 @@ class Ingest:
 
     async def feed(self, chunk: bytes) -> None:
         """Take the next chunk of a results file."""
-        lines = (self._tail + chunk).split(b"\n")
-        self._tail = lines.pop()
-        with np.errstate(over="ignore"):
-            for line in lines:
-                self._parse(line)
+        if self._skipping:
+            end = chunk.find(b"\n")
+            if end == -1:
+                return
+            chunk, self._skipping = chunk[end + 1:], False
+        end = chunk.rfind(b"\n")
+        if end != -1:
+            lines = chunk[:end].split(b"\n")
+            if self._tail:
+                lines[0] = bytes(self._tail) + lines[0]
+                self._tail.clear()
+            with np.errstate(over="ignore"):
+                for line in lines:
+                    self._parse(line)
+            chunk = chunk[end + 1:]
+        self._tail += chunk[:self.max_line + 1 - len(self._tail)]
+        if len(self._tail) > self.max_line:
+            self._overlong(self._tail)
+            self._tail.clear()
+            self._skipping = True
         if len(self.rows) >= FLUSH_ROWS:
             await self.flush()
 
+    def _overlong(self, start: bytes | bytearray) -> None:
+        """Fail the item of a line past `max_line` (its key read from the line's start)."""
+        found = KEY_AT.match(start, 0, 4096)
+        try:
+            key = msgspec.json.decode(found[1], type=str) if found else None
+        except msgspec.DecodeError:
+            key = None
+        self.add(key, None, ErrorDetail(status="INVALID_RESULT", message=(
+            f"result line longer than {self.max_line} bytes")))
+
     def _parse(self, raw: bytes) -> None:
         if not raw.strip():
+            return
+        if len(raw) > self.max_line:
+            self._overlong(raw)
             return
         try:
             line = _line.decode(raw)
@@ -143,8 +181,9 @@ class Ingest:
         """End of input: the last partial line, the last rows, and items never answered."""
         if self._tail:
             with np.errstate(over="ignore"):
-                self._parse(self._tail)
-            self._tail = b""
+                self._parse(bytes(self._tail))
+            self._tail.clear()
+        self._skipping = False
         if self.duplicated:
             await self._retract()
         await self.flush()
@@ -201,14 +240,6 @@ async def ingest_inline(app: App, inp: Input, results: list[InlineResult]) -> In
                     responses=len(results), items=len(inp.items))
         keys = [None] * len(results)
     return await _ingest(app, inp, keys, results)
-
-
-async def ingest_vectors(app: App, inp: Input, online: list[list[float] | None]) -> Ingest:
-    """Validate and upsert online embeddings (one per item, in input order: each call's
-    answer has been checked to hold one vector per text)."""
-    results = [InlineResult(vectors.from_list(v), None) if v is not None
-               else InlineResult(None, "no embedding") for v in online]
-    return await _ingest(app, inp, [item.id for item in inp.items], results)
 
 
 async def _ingest(app: App, inp: Input, keys: list[str | None],

@@ -21,7 +21,6 @@ from consumers.finish import finish_attempt
 from consumers.gemini import TERMINAL, Job
 from consumers.inputs import INLINE_MAX_BYTES, Input, load_items
 from consumers.online import embed_online
-from consumers.results import ingest_vectors
 from consumers.store import FINISHED
 from consumers.sweep import forget_file
 from events import jetstream as defs
@@ -267,7 +266,7 @@ class Submit:
         return job, file_name
 
     async def _online(self, msg: Msg, inp: Input) -> None:
-        ingest = await ingest_vectors(self.app, inp, await embed_online(self.app, inp))
+        ingest = await embed_online(self.app, inp)
         await self.app.store.update(inp.request.batch_id, {"attempt": inp.request.attempt},
                                     status="submitted", submitted_at=utcnow())
         await finish_attempt(self.app, msg, inp, inp.request.attempt, ingest.failures,

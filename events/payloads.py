@@ -18,7 +18,10 @@ DEFAULT_MODEL = "gemini-embedding-001"
 MAX_ID_CHARS = 128
 MAX_TEXT_CHARS = 32_768
 MAX_ITEMS = 500_000
-MAX_INPUT_BYTES = 256 * 1024 * 1024
+MAX_INPUT_BYTES = 256 * 1024 * 1024  # an items_object's bytes, and all texts' characters
+# A line of an items_object, with room to spare: the longest id and text with every
+# character escaped as a surrogate pair (12 bytes), and whitespace.
+MAX_ITEM_LINE_BYTES = 12 * (MAX_TEXT_CHARS + MAX_ID_CHARS) + 64 * 1024
 MAX_DIMENSIONALITY = 3072
 MAX_ATTEMPT = 1000
 
@@ -192,6 +195,7 @@ T = TypeVar("T")
 
 _decoders: dict[type, msgspec.json.Decoder[Any]] = {}
 _encoder = msgspec.json.Encoder()
+_item = msgspec.json.Decoder(Item)
 _PATH = re.compile(r"^(?P<what>.*) - at `\$\.?(?P<path>[^`]*)`$", re.S)
 
 
@@ -236,28 +240,79 @@ def decode_key_rotated(data: bytes) -> KeyRotated:
 
 def decode_items_jsonl(data: bytes) -> list[Item]:
     """Items stored as JSONL in the BATCH_INPUTS object store, validated like `items`."""
-    if len(data) > MAX_INPUT_BYTES * 2:
-        raise InvalidMessage(f"items_object: larger than {MAX_INPUT_BYTES * 2} bytes")
-    dec = msgspec.json.Decoder(Item)
-    items: list[Item] = []
-    for n, line in enumerate(data.splitlines(), 1):
-        if not line.strip():
-            continue
+    reader = ItemsReader()
+    reader.feed(data, last=True)
+    return reader.items()
+
+
+class ItemsReader:
+    """`decode_items_jsonl` chunk by chunk: `feed` the object's bytes as they come, then
+    take `items()`. Beyond the items it holds one partial line, of at most
+    MAX_ITEM_LINE_BYTES; it reads lines as `bytes.splitlines` splits them."""
+
+    def __init__(self) -> None:
+        self._items: list[Item] = []
+        self._tail = bytearray()
+        self._lines = 0  # lines read so far, blank ones included
+        self._size = 0
+
+    def feed(self, chunk: bytes, *, last: bool = False) -> None:
+        """Take the next bytes of the object (`last`: no more come); InvalidMessage at the
+        first bad line."""
+        self._size += len(chunk)
+        if self._size > MAX_INPUT_BYTES:
+            raise InvalidMessage(f"items_object: larger than {MAX_INPUT_BYTES} bytes")
+        if not self._tail and (last or _whole_lines(chunk) == len(chunk)):
+            self._read(chunk)  # no copy: the whole object at once, or whole lines
+            return
+        self._tail += chunk
+        if end := _whole_lines(self._tail):
+            whole = bytes(self._tail[:end])
+            del self._tail[:end]
+            self._read(whole)
+        # The tail holds no line end but perhaps a CR whose LF is still to come.
+        if len(self._tail) - self._tail.endswith(b"\r") > MAX_ITEM_LINE_BYTES:
+            raise InvalidMessage(f"items_object: line {self._lines + 1}: longer than "
+                                 f"{MAX_ITEM_LINE_BYTES} bytes")
+
+    def items(self) -> list[Item]:
+        """The items, once every byte is fed, checked as a whole like `items`."""
+        if self._tail:
+            tail, self._tail = bytes(self._tail), bytearray()
+            self._read(tail)
         try:
-            items.append(dec.decode(line))
-        except UnicodeDecodeError:
-            raise InvalidMessage(f"items_object: line {n}: not valid UTF-8") from None
-        except RecursionError:
-            raise InvalidMessage(f"items_object: line {n}: JSON nested too deeply") from None
-        except msgspec.ValidationError as exc:
-            raise InvalidMessage(f"items_object: line {n}: {_reason(str(exc))}") from None
-        except msgspec.DecodeError as exc:
-            raise InvalidMessage(f"items_object: line {n}: {_undecodable(line, exc)}") from None
-    try:
-        check_items(items)
-    except ValueError as exc:
-        raise InvalidMessage(f"items_object: {exc}") from None
-    return items
+            check_items(self._items)
+        except ValueError as exc:
+            raise InvalidMessage(f"items_object: {exc}") from None
+        return self._items
+
+    def _read(self, data: bytes) -> None:
+        for line in data.splitlines():
+            self._lines += 1
+            n = self._lines
+            if not line.strip():
+                continue
+            if len(line) > MAX_ITEM_LINE_BYTES:
+                raise InvalidMessage(f"items_object: line {n}: longer than "
+                                     f"{MAX_ITEM_LINE_BYTES} bytes")
+            try:
+                self._items.append(_item.decode(line))
+            except UnicodeDecodeError:
+                raise InvalidMessage(f"items_object: line {n}: not valid UTF-8") from None
+            except RecursionError:
+                raise InvalidMessage(f"items_object: line {n}: JSON nested too deeply") from None
+            except msgspec.ValidationError as exc:
+                raise InvalidMessage(f"items_object: line {n}: {_reason(str(exc))}") from None
+            except msgspec.DecodeError as exc:
+                raise InvalidMessage(
+                    f"items_object: line {n}: {_undecodable(line, exc)}") from None
+
+
+def _whole_lines(data: bytes | bytearray) -> int:
+    """How many leading bytes of `data` are whole lines (as `splitlines` ends them)."""
+    # A CR at the very end may be the first half of a CRLF: it ends no line yet.
+    n = len(data) - data.endswith(b"\r")
+    return max(data.rfind(b"\n", 0, n), data.rfind(b"\r", 0, n)) + 1
 
 
 def encode_items_jsonl(items: list[Item]) -> bytes:
