@@ -69,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
                          ("retry-failed", "a new attempt with only the failed or dead items"),
                          ("cancel", "cancel its Gemini job and mark it cancelled")):
         bsub.add_parser(action, help=text).add_argument("batch_id")
+    bsub.choices["resubmit"].add_argument(
+        "--fresh", action="store_true",
+        help="send every item to Gemini, copying no stored vector (a model update, a suspect"
+             " vector)")
 
     parked = sub.add_parser("parked", help="messages parked on batch.auth_failed")
     psub = parked.add_subparsers(dest="action", required=True)
@@ -217,9 +221,11 @@ async def _ops(settings: Settings, args: argparse.Namespace) -> int:
         elif args.command == "batches" and args.action != "show":
             from consumers import redrive
 
-            act = {"resubmit": redrive.resubmit, "retry-failed": redrive.retry_failed,
-                   "cancel": redrive.cancel}[args.action]
-            print(await act(app, args.batch_id))
+            if args.action == "resubmit":
+                print(await redrive.resubmit(app, args.batch_id, fresh=args.fresh))
+            else:
+                act = {"retry-failed": redrive.retry_failed, "cancel": redrive.cancel}
+                print(await act[args.action](app, args.batch_id))
         elif args.command == "batches":
             row = await ops.batch(app, args.batch_id)
             if row is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import structlog
 from nats.aio.msg import Msg
 
-from consumers import failpoints, letters, metrics
+from consumers import failpoints, letters, metrics, reuse
 from consumers.app import App, utcnow
 from consumers.inputs import Input, next_attempt
 from events import subjects
@@ -17,7 +17,8 @@ log = structlog.get_logger("batchyard")
 
 async def finish_attempt(app: App, msg: Msg, inp: Input, attempt: int,
                          failures: dict[str, ErrorDetail], *, stage: str,
-                         job_name: str | None, path: str, whole_job_failed: bool = False,
+                         job_name: str | None, path: str | None,
+                         whole_job_failed: bool = False,
                          ) -> str:
     """Settle one attempt of a batch; returns the batch's new status.
 
@@ -26,13 +27,15 @@ async def finish_attempt(app: App, msg: Msg, inp: Input, attempt: int,
     redone by redelivery without duplicating anything.
     """
     batch_id = inp.request.batch_id
-    failed = [item for item in inp.items if item.id in failures]
+    spared = await reuse.spread(app, inp, failures) if inp.dups else 0
+    failed = [item for item in inp.all_items if item.id in failures]
     row = await app.store.get(batch_id)
+    reused = (int(row["items_reused"]) if row else 0) + spared
     # Each attempt carries exactly the items still missing, so what is not failed now
     # has been embedded by this attempt or an earlier one.
     total = int(row["items_total"]) if row else len(inp.items)
     embedded = total - len(failed)
-    if len(failed) < len(inp.items):
+    if path is not None and len(failed) < len(inp.items):
         await app.store.record_path(batch_id, path)
     # Counted in the same guarded update that moves the row on, so that a re-run of
     # this attempt (a crash before that update) does not count the failure twice.
@@ -45,7 +48,7 @@ async def finish_attempt(app: App, msg: Msg, inp: Input, attempt: int,
         await app.store.update(
             batch_id, {"attempt": attempt, "status": "submitted"}, attempt=attempt + 1,
             status="pending_submission", items_embedded=embedded, job_name=None,
-            input_file=None, last_error=_summary(failures), **counted)
+            input_file=None, last_error=_summary(failures), items_reused=reused, **counted)
         metrics.ITEMS.labels("retried").inc(len(failed))
         log.info("attempt.retrying", items=len(failed), next_attempt=attempt + 1)
         return "pending_submission"
@@ -59,14 +62,14 @@ async def finish_attempt(app: App, msg: Msg, inp: Input, attempt: int,
         done = Completed(batch_id=batch_id, attempt=attempt, job_name=job_name,
                          status=status,  # type: ignore[arg-type]
                          items_total=total, items_embedded=embedded,
-                         items_failed=dead, completed_at=now)
+                         items_failed=dead, items_reused=reused, completed_at=now)
         await publish(app.js, subjects.COMPLETED, done,
                       subjects.completed_id(batch_id, attempt))
     await app.store.update(
         batch_id, {"attempt": attempt, "status": ["submitted", "submitting"]}, status=status,
-        items_embedded=embedded, items_failed=dead,
+        items_embedded=embedded, items_failed=dead, items_reused=reused,
         last_error=_summary(failures) if failures else None, completed_at=now, **counted)
-    metrics.ITEMS.labels("embedded").inc(len(inp.items) - dead)
+    metrics.ITEMS.labels("embedded").inc(len(inp.all_items) - dead)
     if row is not None:
         metrics.BATCH_LATENCY.observe((now - row["created_at"]).total_seconds())
     log.info("batch.finished", status=status, items_embedded=embedded, items_failed=dead)

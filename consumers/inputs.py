@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -62,10 +63,26 @@ _encoder = msgspec.json.Encoder()
 
 @dataclass(frozen=True)
 class Input:
-    """One attempt's request and its items, in order."""
+    """One attempt's request and the items that go to Gemini, in order.
+
+    `dups` are the attempt's items whose text one of `items` already has (CONTRACT §13):
+    they are not sent, and get a copy of that item's vector (by its id).
+    """
 
     request: SubmitRequest
     items: list[Item]
+    dups: dict[str, list[Item]] = field(default_factory=dict)
+    shas: list[bytes] | None = None  # sha256 of each item's text, when already known
+
+    @property
+    def all_items(self) -> list[Item]:
+        """The items and their duplicates."""
+        return self.items + [d for ds in self.dups.values() for d in ds]
+
+    def part(self, start: int, stop: int) -> Input:
+        """Items `start:stop` (a shard), their hashes kept."""
+        shas = self.text_shas[start:stop]
+        return Input(self.request, self.items[start:stop], shas=shas)
 
     @property
     def model(self) -> str:
@@ -94,9 +111,26 @@ class Input:
         return bytes(buf)
 
     @cached_property
+    def _measured(self) -> tuple[int, list[bytes]]:
+        # One pass encodes each text once, for its length and its hash both.
+        size, shas = 0, []
+        for item in self.items:
+            data = item.text.encode()
+            size += len(data)
+            shas.append(hashlib.sha256(data).digest())
+        return size, shas
+
+    @property
     def text_bytes(self) -> int:
         """UTF-8 bytes of all texts."""
-        return sum(len(i.text.encode()) for i in self.items)
+        if self.shas is not None and "_measured" not in self.__dict__:
+            return sum(len(i.text.encode()) for i in self.items)
+        return self._measured[0]
+
+    @property
+    def text_shas(self) -> list[bytes]:
+        """sha256 of each item's text as UTF-8, in order."""
+        return self.shas if self.shas is not None else self._measured[1]
 
     def est_tokens(self) -> int:
         """UTF-8 bytes of all texts / 4, rounded up (CONTRACT §11)."""

@@ -23,4 +23,9 @@ QUOTA_WAIT = Counter("batchyard_quota_wait_seconds_total",
 JOB_REQUESTS_DONE = Counter(
     "batchyard_job_requests_done_total",
     "requests running Batch API jobs report done (batchStats), counted as polls see them")
+ITEMS_REUSED = Counter("batchyard_items_reused_total",
+                       "items that cost nothing: a stored vector copied, or a text sent once")
+TOKENS_SUBMITTED = Counter("batchyard_tokens_submitted_total",
+                           "estimated input tokens sent to Gemini (batch jobs and online)",
+                           ["path"])
 FILES_SWEPT = Counter("batchyard_files_swept_total", "orphaned input files deleted by the sweep")

@@ -21,7 +21,8 @@ _ELEMENT = np.dtype([("len", ">i4"), ("value", ">f4")])
 _ROW = struct.Struct(">h")
 _FIELD = struct.Struct(">i")
 _ARRAY = struct.Struct(">iiiiii")  # field length, ndim, has-nulls, oid, dim, lower bound
-COLUMNS = ("item_id", "model", "batch_id", "dims", "embedding")
+COLUMNS = ("item_id", "model", "batch_id", "dims", "embedding", "task_type", "text_sha256")
+_NULL = _FIELD.pack(-1)
 
 
 def _text(value: str) -> bytes:
@@ -30,12 +31,17 @@ def _text(value: str) -> bytes:
 
 
 def encode_rows(model: str, batch_id: str, rows: Sequence[tuple[str, np.ndarray]],
-                normalize: bool = False) -> bytes:
-    """One COPY … (FORMAT binary) stream of (item_id, model, batch_id, dims, embedding).
+                normalize: bool = False, *, task_type: str | None = None,
+                shas: Sequence[bytes | None] | None = None) -> bytes:
+    """One COPY … (FORMAT binary) stream of COLUMNS: each row's item_id and vector, with
+    `shas[n]` (the sha256 of its text) when given.
 
     With `normalize`, every vector is stored at unit length (no row may be all zeros).
     """
     fixed = _text(model) + _text(batch_id)
+    task = _NULL if task_type is None else _text(task_type)
+    hashes = [_NULL if sha is None else _FIELD.pack(len(sha)) + sha
+              for sha in (shas if shas is not None else [None] * len(rows))]
     parts: list[Any] = [HEADER]  # bytes, and rows of a numpy matrix
     sizes = {int(vector.size) for _, vector in rows}
     if len(sizes) == 1:  # the usual case: every vector's elements in one numpy operation
@@ -45,16 +51,16 @@ def encode_rows(model: str, batch_id: str, rows: Sequence[tuple[str, np.ndarray]
         stacked = np.stack([vector for _, vector in rows])
         matrix["value"] = unit_rows(stacked) if normalize else stacked
         tail = fixed + _FIELD.pack(4) + _FIELD.pack(n) + _array_header(n)
-        for (item_id, _), row in zip(rows, matrix.view(np.uint8), strict=True):
-            parts += (_ROW.pack(len(COLUMNS)), _text(item_id), tail, row)
+        for (item_id, _), row, sha in zip(rows, matrix.view(np.uint8), hashes, strict=True):
+            parts += (_ROW.pack(len(COLUMNS)), _text(item_id), tail, row, task, sha)
     else:
-        for item_id, vector in rows:
+        for (item_id, vector), sha in zip(rows, hashes, strict=True):
             n = int(vector.size)
             elements = np.empty(n, dtype=_ELEMENT)
             elements["len"] = 4
             elements["value"] = unit_rows(vector) if normalize else vector
             parts += (_ROW.pack(len(COLUMNS)), _text(item_id), fixed, _FIELD.pack(4),
-                      _FIELD.pack(n), _array_header(n), elements.tobytes())
+                      _FIELD.pack(n), _array_header(n), elements.tobytes(), task, sha)
     parts.append(TRAILER)
     return b"".join(parts)
 

@@ -12,13 +12,13 @@ import asyncpg
 import structlog
 from nats.aio.msg import Msg
 
-from consumers import letters, shards
+from consumers import letters, reuse, shards
 from consumers._runtime import ACK, Outcome, nak, term
 from consumers.app import App, utcnow
 from consumers.errors import AuthError, BatchyardError, PermanentError, RetryableError
 from consumers.finish import finish_attempt
 from consumers.gemini import TERMINAL, Job
-from consumers.inputs import Input, load_input
+from consumers.inputs import Input
 from consumers.results import ingest_file, ingest_inline
 from consumers.store import LIVE
 from consumers.sweep import forget_file, sweep_forever
@@ -76,7 +76,7 @@ class Poll:
             if row is None or row["attempt"] != req.attempt or row["status"] != "submitted":
                 return ACK
             await app.quota.finished(req.batch_id, req.attempt, job.state)
-            inp = await load_input(app, int(row["input_seq"]))
+            inp = await reuse.load(app, row)
             failures, whole = await self._results(job, inp)
             await finish_attempt(app, msg, inp, req.attempt, failures, stage="poll",
                                  job_name=job.name, path="batch", whole_job_failed=whole)
@@ -112,7 +112,7 @@ class Poll:
             if row is None or row["attempt"] != req.attempt or row["status"] not in LIVE:
                 return ACK
             recorded = await shards.rows(app, batch_id, req.attempt)
-            inp = await load_input(app, int(row["input_seq"]))
+            inp = await reuse.load(app, row)
             if job is not None and any(r["shard"] == k and r["state"] not in TERMINAL
                                        for r in recorded):
                 # Results first, then the row: a crash in between is redone, not lost.
@@ -138,7 +138,7 @@ class Poll:
 
     async def _unpark_shards(self, row: asyncpg.Record, recorded: list[asyncpg.Record]) -> None:
         """A replayed shard moves its batch back to submitted, once every shard exists."""
-        inp = await load_input(self.app, int(row["input_seq"]))
+        inp = await reuse.load(self.app, row)
         if shards.covers(recorded, inp):
             await self.app.store.update(row["batch_id"], {"attempt": row["attempt"],
                                                           "status": "auth_failed"},
@@ -190,7 +190,7 @@ class Poll:
                         or not any(r["shard"] == k and r["job_name"] == req.job_name
                                    for r in recorded)):
                     return None
-                inp = await load_input(app, int(row["input_seq"]))
+                inp = await reuse.load(app, row)
                 detail = ErrorDetail(status="JOB_FAILED", message=f"batch job {req.job_name}"
                                      f" could not be polled: {error.message}")
                 items = shards.part(inp, recorded, k).items

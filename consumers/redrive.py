@@ -18,7 +18,8 @@ from events.payloads import Item
 from events.publisher import publish
 
 
-async def _publish_attempt(app: App, batch_id: str, items: list[Item], what: str) -> str:
+async def _publish_attempt(app: App, batch_id: str, items: list[Item], what: str,
+                           fresh: bool = False) -> str:
     row = await app.store.get(batch_id)
     if row is None:
         return f"no batch {batch_id!r}"
@@ -31,21 +32,27 @@ async def _publish_attempt(app: App, batch_id: str, items: list[Item], what: str
     if not items:
         items = inp.items
     attempt = int(row["attempt"]) + 1
+    if fresh:
+        # The attempt's sent items fixed in advance, all of them: reuse copies nothing.
+        await app.store.update(batch_id, {"attempt": row["attempt"], "status": row["status"]},
+                               sent_attempt=attempt, sent_mask=b"\xff" * (len(items) // 8 + 1))
     req = await next_attempt(app, inp, items, attempt)
     ack = await publish(app.js, subjects.SUBMIT, req, subjects.submit_id(batch_id, attempt))
     await app.store.update(
         batch_id, {"attempt": row["attempt"], "status": row["status"]}, attempt=attempt,
         status="pending_submission", items_total=len(inp.items),
-        items_embedded=len(inp.items) - len(items), items_failed=0, completed_at=None,
+        items_embedded=len(inp.items) - len(items), items_failed=0, items_reused=0,
+        completed_at=None,
         job_name=None, input_file=None)
     if ack.duplicate:
         return f"already {what}: batch {batch_id} attempt {attempt} was published before"
     return f"{what}: batch {batch_id} as attempt {attempt} with {len(items)} items"
 
 
-async def resubmit(app: App, batch_id: str) -> str:
-    """Embed every item of a finished batch again, as its next attempt."""
-    return await _publish_attempt(app, batch_id, [], "re-submitted")
+async def resubmit(app: App, batch_id: str, fresh: bool = False) -> str:
+    """Embed every item of a finished batch again, as its next attempt; with `fresh`,
+    every item goes to Gemini (no stored vector is copied)."""
+    return await _publish_attempt(app, batch_id, [], "re-submitted", fresh)
 
 
 async def retry_failed(app: App, batch_id: str) -> str:

@@ -84,6 +84,8 @@ class Ingest:
         self.done = bytearray(len(self.order))
         self.embedded = 0
         self.rows: list[tuple[str, np.ndarray]] = []
+        self.shas = inp.text_shas
+        self.row_shas: list[bytes] = []  # each row's text hash, stored for reuse (§13)
         self.failures: dict[str, ErrorDetail] = {}
         self.unexpected = 0
         self.duplicated: set[str] = set()
@@ -108,6 +110,7 @@ class Ingest:
                 self.done[at] = EMBEDDED
                 self.embedded += 1
                 self.rows.append((key, vector))
+                self.row_shas.append(self.shas[at])
                 return
             error = ErrorDetail(status="INVALID_EMBEDDING", message=why)
         self.done[at] = FAILED
@@ -115,8 +118,10 @@ class Ingest:
 
     async def flush(self) -> None:
         rows, self.rows = self.rows, []
+        shas, self.row_shas = self.row_shas, []
         # Rows are normalised as they are encoded: the one numpy pass over the flush.
-        await self.app.store.write_embeddings(self.model, self.batch_id, rows, self.normalize)
+        await self.app.store.write_embeddings(self.model, self.batch_id, rows, self.normalize,
+                                              task_type=self.inp.request.task_type, shas=shas)
 
     async def feed(self, chunk: bytes) -> None:
         """Take the next chunk of a results file."""
@@ -200,7 +205,9 @@ class Ingest:
                     count=len(self.duplicated))
         taken = [k for k in self.duplicated if self.done[self.position[k]] == EMBEDDED]
         self.embedded -= len(taken)
-        self.rows = [r for r in self.rows if r[0] not in self.duplicated]
+        kept = [n for n, r in enumerate(self.rows) if r[0] not in self.duplicated]
+        self.rows = [self.rows[n] for n in kept]
+        self.row_shas = [self.row_shas[n] for n in kept]
         await self.app.store.delete_embeddings(self.model, self.batch_id, taken)
         for key in self.duplicated:
             self.failures[key] = ErrorDetail(status="RESULT_MISSING",

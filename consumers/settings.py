@@ -152,6 +152,9 @@ VARS: tuple[Var, ...] = (
         "store unit-length vectors (the API's are unit length only at 3072 dims)"),
     Var("BATCHYARD_INLINE_MAX_ITEMS", "inline_max_items", "500", _int(1, 100_000),
         "a job goes inline only with at most this many requests (and at most 1 MiB)"),
+    Var("BATCHYARD_REUSE_EMBEDDINGS", "reuse_embeddings", "true", boolean,
+        "copy a stored vector for a text already embedded (same model, dims, task type)"
+        " instead of paying for it again"),
 )
 
 
@@ -192,6 +195,7 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     file_sweep_interval: float
     normalize: bool
     inline_max_items: int
+    reuse_embeddings: bool
 
     def __repr__(self) -> str:
         hidden = {"gemini_api_key", "nats_password"}

@@ -88,7 +88,7 @@ def part(inp: Input, recorded: list[asyncpg.Record], shard: int) -> Input:
     """Shard `shard`'s items of the attempt."""
     start = sum(int(r["items"]) for r in recorded if 0 < r["shard"] < shard)
     size = next(int(r["items"]) for r in recorded if r["shard"] == shard)
-    return Input(inp.request, inp.items[start:start + size])
+    return inp.part(start, start + size)
 
 
 async def settle(app: App, msg: Msg, inp: Input, *, stage: str) -> str | None:

@@ -18,11 +18,13 @@ FINISHED = frozenset({"succeeded", "partial", "failed", "dead", "cancelled"})
 LIVE = ("pending_submission", "submitting", "submitted", "auth_failed")
 
 _WRITE_EMBEDDINGS = """
-INSERT INTO batchyard.embeddings (item_id, model, batch_id, dims, embedding)
-SELECT item_id, model, batch_id, dims, embedding FROM pg_temp.embeddings_in
+INSERT INTO batchyard.embeddings (item_id, model, batch_id, dims, embedding, task_type,
+                                  text_sha256)
+SELECT item_id, model, batch_id, dims, embedding, task_type, text_sha256
+FROM pg_temp.embeddings_in
 ON CONFLICT (item_id, model) DO UPDATE
 SET batch_id = EXCLUDED.batch_id, dims = EXCLUDED.dims, embedding = EXCLUDED.embedding,
-    created_at = now()
+    task_type = EXCLUDED.task_type, text_sha256 = EXCLUDED.text_sha256, created_at = now()
 """
 
 
@@ -119,7 +121,8 @@ class Store:
 
     async def write_embeddings(self, model: str, batch_id: str,
                                rows: Sequence[tuple[str, np.ndarray]],
-                               normalize: bool = False) -> None:
+                               normalize: bool = False, *, task_type: str | None = None,
+                               shas: Sequence[bytes | None] | None = None) -> None:
         """Upsert embeddings by (item_id, model) at COPY speed, at unit length if `normalize`.
 
         New items, the usual case, are copied straight into the table; if any is already
@@ -128,7 +131,7 @@ class Store:
         """
         if not rows:
             return
-        data = encode_rows(model, batch_id, rows, normalize)
+        data = encode_rows(model, batch_id, rows, normalize, task_type=task_type, shas=shas)
         async with db_errors(), self.pool.acquire() as conn:
             try:
                 async with conn.transaction():
@@ -141,8 +144,8 @@ class Store:
             async with conn.transaction():
                 await conn.execute(
                     "CREATE TEMP TABLE IF NOT EXISTS embeddings_in "
-                    "(item_id text, model text, batch_id text, dims integer, embedding real[]) "
-                    "ON COMMIT DELETE ROWS")
+                    "(item_id text, model text, batch_id text, dims integer, embedding real[],"
+                    " task_type text, text_sha256 bytea) ON COMMIT DELETE ROWS")
                 await conn.copy_to_table("embeddings_in", source=_chunks(data),
                                          columns=COLUMNS, format="binary")
                 await conn.execute(_WRITE_EMBEDDINGS)

@@ -13,7 +13,7 @@ import asyncpg
 import structlog
 from nats.aio.msg import Msg
 
-from consumers import failpoints, letters, metrics, shards
+from consumers import failpoints, letters, metrics, reuse, shards
 from consumers._runtime import ACK, Outcome, backoff, nak, term
 from consumers.app import App, utcnow
 from consumers.errors import AuthError, PermanentError, RetryableError
@@ -78,14 +78,20 @@ class Submit:
             row = await app.store.get(batch_id)
             if row is None or (skip := await self._already(msg, row, req)) is not None:
                 return skip or ACK
-            inp = Input(req, items)
             seq = msg.metadata.sequence.stream
             await app.store.update(
                 batch_id, status="submitting", attempt=req.attempt, input_seq=seq,
                 key_fingerprint=app.keys.fingerprint,
                 origin_seq=seq if row["origin_seq"] is None else row["origin_seq"])
+            inp, _ = await reuse.resolve(app, Input(req, items), row)
+            if not inp.items:
+                # Every item copied from a stored vector: nothing to pay for, and no key
+                # needed, so this finishes while the key is bad too.
+                await finish_attempt(app, msg, inp, req.attempt, {}, stage="submit",
+                                     job_name=None, path=None)
+                return ACK
             fallback = app.settings.fallback_to_online and row["job_failures"] >= FALLBACK_AFTER
-            if len(items) <= app.settings.online_threshold or fallback:
+            if len(inp.items) <= app.settings.online_threshold or fallback:
                 if fallback:
                     log.info("batch.fallback_online", job_failures=row["job_failures"])
                 await self._online(msg, inp)
@@ -105,7 +111,8 @@ class Submit:
                 batch_id, {"attempt": req.attempt, "status": "submitting"}, status="submitted",
                 job_name=job.name, input_file=input_file, submitted_at=utcnow(), last_error=None)
         await self._hand_to_poll(batch_id, req.attempt, job.name)
-        log.info("batch.submitted", job_name=job.name, items=len(items), input_file=input_file)
+        log.info("batch.submitted", job_name=job.name, items=len(inp.items),
+                 input_file=input_file)
         return ACK
 
     async def _hold(self, msg: Msg, why: str, *, full: bool = False) -> Outcome:
@@ -221,6 +228,7 @@ class Submit:
             raise
         failpoints.hit("submit.after_create")
         await app.quota.created(batch_id, attempt, job.name, input_file, shard=shard)
+        metrics.TOKENS_SUBMITTED.labels("batch").inc(inp.est_tokens())
         await app.quota.succeeded()
         return job, input_file
 
@@ -266,6 +274,7 @@ class Submit:
         return job, file_name
 
     async def _online(self, msg: Msg, inp: Input) -> None:
+        metrics.TOKENS_SUBMITTED.labels("online").inc(inp.est_tokens())
         ingest = await embed_online(self.app, inp)
         await self.app.store.update(inp.request.batch_id, {"attempt": inp.request.attempt},
                                     status="submitted", submitted_at=utcnow())

@@ -135,6 +135,7 @@ class Completed(_Payload, frozen=True, kw_only=True):
     items_total: Count
     items_embedded: Count
     items_failed: Count
+    items_reused: Count = 0  # CONTRACT §13: items that cost nothing
     completed_at: datetime
 
 

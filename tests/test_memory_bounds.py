@@ -163,7 +163,8 @@ class _Store:
         self.rows: dict[str, np.ndarray] = {}
 
     async def write_embeddings(self, model: str, batch_id: str,
-                               rows: list[tuple[str, np.ndarray]], normalize: bool) -> None:
+                               rows: list[tuple[str, np.ndarray]], normalize: bool,
+                               **columns: object) -> None:
         self.rows.update(rows)
 
     async def delete_embeddings(self, model: str, batch_id: str, ids: list[str]) -> None:

@@ -57,6 +57,7 @@ async def batch_embed(call: Call) -> web.StreamResponse:
         )
     items = [inputs.require(inputs.read_request(request, model)) for request in requests]
     embeddings = [{"values": _values(call, model, item)} for item in items]
+    call.state.tokens["online"] += embed.estimate_tokens([item.text for item in items])
     if call.state.faults.online_drop_one:
         embeddings.pop()
     return call.respond({"embeddings": embeddings})
@@ -66,4 +67,5 @@ async def embed_content(call: Call) -> web.StreamResponse:
     """`models/{m}:embedContent`: one text."""
     model = call.model("embedContent")
     item = inputs.require(inputs.read_request(await call.json(), model))
+    call.state.tokens["online"] += embed.estimate_tokens([item.text])
     return call.respond({"embedding": {"values": _values(call, model, item)}})

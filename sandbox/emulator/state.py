@@ -33,6 +33,7 @@ class EmulatorState:
         self.running_s = running_s
         self._job_seq = itertools.count(1)
         self.injected: Counter[str] = Counter()  # 429s and 5xx answered by fault, for reports
+        self.tokens: Counter[str] = Counter()  # estimated tokens embedded: online, batch
         self.set_faults(Faults(job_pending_s=pending_s, job_running_s=running_s))
 
     # keys and calls
@@ -139,6 +140,7 @@ class EmulatorState:
             est_tokens=est_tokens, shuffle_inline_over=faults.shuffle_inline_over,
         )
         self.jobs[job.id] = job
+        self.tokens["batch"] += est_tokens
         return job
 
     def job(self, job_id: str) -> jobs.Job:
@@ -183,4 +185,5 @@ class EmulatorState:
             ],
             "faults": to_json(self.faults),
             "injected": dict(self.injected),
+            "tokens": {"online": self.tokens["online"], "batch": self.tokens["batch"]},
         }

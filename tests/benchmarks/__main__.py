@@ -6,16 +6,17 @@ import asyncio
 import json
 import sys
 
-from tests.benchmarks import bench_cost, bench_ingest, bench_recovery, bench_runtime
+from tests.benchmarks import bench_cost, bench_ingest, bench_recovery, bench_reuse, bench_runtime
 
 
 async def main() -> dict[str, object]:
     return {"runtime": await bench_runtime.main(), "ingest": await bench_ingest.main(),
-            "recovery": await bench_recovery.main(), "cost": await bench_cost.main()}
+            "recovery": await bench_recovery.main(), "cost": await bench_cost.main(), "reuse": await bench_reuse.main()}
 
 
 def table(r: dict) -> str:
     rt, ing, rec, cost = r["runtime"], r["ingest"], r["recovery"], r["cost"]["runs"]
+    ru = r["reuse"]
     rows = [
         ("runtime no-op vs raw fetch(100)+ack", f"{rt['ratio_runtime_to_raw']}x",
          f"{rt['msg_per_s']['runtime_c100']} vs {rt['msg_per_s']['raw_fetch100_ack']} msg/s"),
@@ -36,6 +37,10 @@ def table(r: dict) -> str:
            f"{c['items_per_s']} items/s, {c['batches_per_s']} batches/s; submit "
            f"{c['cpu_s_per_1000_items_by_role']['submit']}, poll "
            f"{c['cpu_s_per_1000_items_by_role']['poll']}") for c in cost),
+        ("reuse 95k stored of 100k vs raw COPY", f"{ru['ratio_reuse_to_raw_copy']}x",
+         f"{ru['reuse_rows_per_s']} vs {ru['raw_copy_rows_per_s']} rows/s"),
+        ("reuse CPU vs ingesting the same items", f"{ru['cpu_ratio_reuse_to_ingest']}x",
+         f"{ru['cpu_s_per_1000_reused']} vs {ru['cpu_s_per_1000_ingested']} cpu-s/1k"),
     ]
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{a:<{width}}  {b:>16}  {c}" for a, b, c in rows)
