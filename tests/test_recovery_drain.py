@@ -64,3 +64,31 @@ async def test_recovery_killed_between_rows_and_replays_leaves_nothing_behind(
     assert await wait_finished(stack, BATCHES, timeout=40) == {"succeeded": BATCHES}
     assert await _parked(stack) == 0
     await db.close()
+
+
+async def test_a_pod_whose_key_file_lags_the_rotation_parks_on_its_last_delivery(
+        stack: Stack) -> None:
+    """Its key is expired while KEY_HEALTH knows the new one valid: it retries with the key
+    it has, and on the submit consumer's last delivery parks instead of dead-lettering;
+    the parked message is announced again and embedded by a pod with the new key."""
+    await stack.emulator.set_key(KEY, "expired")
+    await stack.emulator.set_key(NEW_KEY, "valid")
+    stack.key_file.write_text(NEW_KEY + "\n")
+    await stack.pod("key-health")
+    await stack.pod("recovery")
+    old = stack.tmp / "lagging.key"
+    old.write_text(KEY + "\n")
+    lagging = await stack.pod("submit", GEMINI_API_KEY_FILE=str(old))
+    await stack.started()
+    nc = await stack.nc()
+    await submit(nc, batch("lag", 20))
+    await nc.close()
+    # Eight deliveries with the backoff between them (1 2 4 8 16 30 60 s, jittered).
+    await wait_for(lambda: _n_parked(stack, 1), 240, what="parked on its last delivery")
+    db = await stack.db()
+    assert await statuses(db) == {"auth_failed": 1}
+    assert '"deliveries_exhausted"' not in stack.logs()
+    await lagging.terminate()
+    await stack.pod("submit", "poll")
+    assert await wait_finished(stack, 1, timeout=60) == {"succeeded": 1}
+    await db.close()
