@@ -37,6 +37,7 @@ class App:
     keys: KeySource
     gemini: Gemini
     inputs: ObjectStore
+    kept: ObjectStore
     guard: KeyGuard
     quota: Quota
     stack: AsyncExitStack = field(default_factory=AsyncExitStack)
@@ -57,12 +58,13 @@ class App:
             gemini = Gemini(settings, keys, may_call=guard.may_call)
             stack.push_async_callback(gemini.close)
             inputs = await js.object_store(defs.BATCH_INPUTS)
+            kept = await js.object_store(defs.BATCH_KEPT)
             store = Store(pool)
             quota = Quota(store, await js.key_value(defs.QUOTA), settings)
         except BaseException:
             await stack.aclose()
             raise
-        return cls(settings, nc, js, store, keys, gemini, inputs, guard, quota, stack)
+        return cls(settings, nc, js, store, keys, gemini, inputs, kept, guard, quota, stack)
 
     async def close(self) -> None:
         await self.stack.aclose()

@@ -14,6 +14,7 @@ from nats.js.errors import NotFoundError
 from nats.js.errors import ObjectNotFoundError as _ObjectNotFound
 from nats.js.object_store import ObjectStore
 
+from consumers import kept
 from consumers.app import App
 from consumers.errors import PermanentError
 from events import jetstream as defs
@@ -170,10 +171,12 @@ async def load_items(app: App, req: SubmitRequest) -> list[Item]:
 async def _object(app: App, name: str) -> tuple[ObjectStore, str, str, ObjectInfo]:
     """The object `name` in BATCH_INPUTS, past any links: store, bucket, name and info."""
     store, bucket = app.inputs, defs.BATCH_INPUTS
-    for _ in range(MAX_LINKS + 1):
+    for hop in range(MAX_LINKS + 1):
         try:
             info = await store.get_info(name)
         except (_ObjectNotFound, NotFoundError):
+            if hop == 0 and (copy := await _kept_object(app, name)) is not None:
+                return copy  # aged out of BATCH_INPUTS while its batch was parked
             raise InvalidMessage(f"items_object: no object {name!r} in {bucket}") from None
         link = info.options.link if info.options else None
         if link is None:
@@ -186,6 +189,14 @@ async def _object(app: App, name: str) -> tuple[ObjectStore, str, str, ObjectInf
         except NotFoundError:
             raise InvalidMessage(f"items_object: no bucket {bucket!r}") from None
     raise InvalidMessage(f"items_object: more than {MAX_LINKS} links to follow")
+
+
+async def _kept_object(app: App, name: str) -> tuple[ObjectStore, str, str, ObjectInfo] | None:
+    kept_name = kept.object_name(name)
+    try:
+        return app.kept, defs.BATCH_KEPT, kept_name, await app.kept.get_info(kept_name)
+    except (_ObjectNotFound, NotFoundError):
+        return None
 
 
 class _Sink(io.BufferedIOBase):
@@ -213,11 +224,14 @@ class _Sink(io.BufferedIOBase):
 async def load_input(app: App, seq: int) -> Input:
     """The batch.submit message at BATCH stream sequence `seq`, with its items."""
     try:
-        raw = await app.js.get_msg(defs.BATCH, seq)
+        data = (await app.js.get_msg(defs.BATCH, seq)).data or b""
     except NotFoundError:
-        raise PermanentError(f"input message {seq} is no longer in {defs.BATCH}") from None
+        # Aged out of BATCH while its batch was parked: the copy kept then.
+        if (copy := await kept.message(app, seq)) is None:
+            raise PermanentError(f"input message {seq} is no longer in {defs.BATCH}") from None
+        data = copy
     try:
-        req = decode(raw.data or b"", SubmitRequest)
+        req = decode(data, SubmitRequest)
         return Input(req, await load_items(app, req))
     except InvalidMessage as exc:
         raise PermanentError(f"input message {seq}: {exc.reason}") from None

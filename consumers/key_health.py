@@ -16,6 +16,7 @@ from nats.errors import Error as NatsError
 from consumers._runtime import ACK, Outcome, backoff, term
 from consumers.app import App, utcnow
 from consumers.errors import AuthError, PermanentError, RetryableError
+from consumers.recovery import unsettled
 from events import jetstream as defs
 from events import subjects
 from events.payloads import InvalidMessage, KeyHealth, KeyInvalid, KeyValid, decode_key_rotated
@@ -104,11 +105,13 @@ class KeyHealthRole:
     async def _stranded(self, fingerprint: str, revision: int) -> None:
         """The key is valid yet messages are parked (parked by a pod that had not seen
         the new key when the last drain ran): announce key.valid again for them."""
-        # Not the stream's count: replayed messages stay in it until the next purge.
+        # Not the stream's count: replayed messages stay in it until the next purge. A
+        # message delivered and never acked (a failed replay, a pod stopped mid-drain)
+        # is still parked.
         info = await self.app.js.consumer_info(defs.BATCH_PARKED, defs.REPLAY.name)
-        if info.num_pending:
+        if parked := unsettled(info):
             floor = info.ack_floor.stream_seq if info.ack_floor else 0
-            log.info("key.parked_while_valid", parked=info.num_pending)
+            log.info("key.parked_while_valid", parked=parked)
             await self._announce(fingerprint, "valid", "", revision, suffix=f":{floor}")
 
     async def _announce(self, fingerprint: str, state: str, reason: str, revision: int,

@@ -9,10 +9,11 @@ import msgspec
 import structlog
 from nats.aio.msg import Msg
 
-from consumers import metrics
+from consumers import kept, metrics
 from consumers.app import App, utcnow
 from consumers.errors import AuthError, BatchyardError, RetryableError
 from consumers.store import LIVE
+from events import jetstream as defs
 from events import subjects
 from events.payloads import (
     ID_PATTERN,
@@ -88,17 +89,26 @@ async def reject(app: App, msg: Msg, error: InvalidMessage | BatchyardError, *, 
     return reason
 
 
+def _last_delivery(msg: Msg, stage: Stage) -> bool:
+    limit = defs.SUBMIT.config.max_deliver if stage == "submit" else -1
+    return bool(limit and limit > 0 and msg.metadata.num_delivered >= limit)
+
+
 async def park(app: App, msg: Msg, *, stage: Stage, batch_id: str, attempt: int,
                error: AuthError) -> None:
     """Mark the batch auth_failed (never failed), then park `msg` on batch.auth_failed."""
     fingerprint = app.keys.fingerprint
-    if app.guard.stale(fingerprint):
-        # Another key is already known valid: parking would wait for a key.valid that
-        # has come and gone. Retry soon with the new key instead.
+    if app.guard.stale(fingerprint) and not _last_delivery(msg, stage):
+        # Another key is already known valid: retry soon with it instead of parking. On
+        # the last delivery (this pod's key file lags the rotation for that long) it is
+        # parked all the same: key-health announces key.valid again while anything is
+        # parked, so it is replayed, perhaps to a pod that has the new key.
         app.keys.refresh()
         raise RetryableError(f"key {fingerprint} is stale, a newer key is valid")
     if error.status != "KEY_MARKED_INVALID":
         await app.guard.mark_invalid(fingerprint, error.message)
+    # Its input outlives BATCH's and BATCH_INPUTS' 7 days for as long as it is parked.
+    await kept.keep(app, msg, stage)
     # The row first: once parked, the message can be replayed at any moment, and the
     # replay must find the batch auth_failed. A crash in between leaves the original
     # unacked; its redelivery fails the same way and parks it then.

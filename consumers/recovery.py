@@ -11,6 +11,7 @@ what is still parked.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Literal
 
 import msgspec
@@ -20,7 +21,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import ConsumerInfo
 from nats.js.errors import NotFoundError
 
-from consumers import metrics
+from consumers import failpoints, metrics
 from consumers._runtime import ACK, Outcome, backoff, term
 from consumers.app import App
 from consumers.errors import AuthError, PermanentError, RetryableError
@@ -47,6 +48,7 @@ IN_FLIGHT = 4
 PURGE_EVERY = 2048
 SWEEPS = 5
 SWEEP_DELAY = 1.0
+DRAIN_BUDGET = 60.0  # seconds a drain waits on replays that failed or are held
 
 
 async def replay_one(app: App, data: bytes, seq: int) -> str | None:
@@ -69,40 +71,52 @@ async def replay_one(app: App, data: bytes, seq: int) -> str | None:
 
 
 async def drain(app: App) -> int:
-    """Pull the `replay` consumer until nothing is left for it or the key goes bad again.
+    """Pull the `replay` consumer until nothing is parked or the key goes bad again.
 
-    Up to IN_FLIGHT fetched batches are replayed at once while the next is fetched. The
-    drain ends when the last message fetched reports no more pending on the consumer
-    (no empty fetch waits out its timeout), or at once when nothing is parked.
+    Up to IN_FLIGHT fetched batches are replayed at once while the next is fetched. A
+    replay that fails (PostgreSQL or NATS away) is nak'ed with a backoff, and the drain
+    waits for its redelivery, as it does for messages another pod holds unacked, for up
+    to DRAIN_BUDGET; what is still unsettled then is announced again by key-health.
     """
     info = await app.js.consumer_info(defs.BATCH_PARKED, defs.REPLAY.name)
-    waiting = info.num_pending + info.num_ack_pending
+    waiting = unsettled(info)
     if not waiting:
         await _purge_below(app, info)
         return 0
     sub = await app.js.pull_subscribe_bind(durable=defs.REPLAY.name, stream=defs.BATCH_PARKED)
     replayed = 0
     pending: set[asyncio.Task[int]] = set()
+    deadline = time.monotonic() + DRAIN_BUDGET
     try:
-        rounds = waiting // 16 + 10  # bounded: what is parked now, and a margin
+        # Bounded: a round per 16 parked now, and one per second of the budget.
         since_purge = 0
-        for _ in range(rounds):
+        for _ in range(waiting // 16 + 10 + int(DRAIN_BUDGET)):
             if not app.guard.usable(app.keys.fingerprint):
                 log.warning("recovery.stopped", reason="key invalid again")
                 break
             try:
                 msgs = await sub.fetch(FETCH, timeout=1.0)
             except (NatsTimeoutError, TimeoutError):
-                break
-            pending.add(asyncio.create_task(_replay_batch(app, msgs)))
-            if len(pending) >= IN_FLIGHT:
+                msgs = []
+            if msgs:
+                pending.add(asyncio.create_task(_replay_batch(app, msgs)))
+            if len(pending) >= IN_FLIGHT or (pending and not msgs):
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 n = sum(t.result() for t in done)
                 replayed, since_purge = replayed + n, since_purge + n
             if since_purge >= PURGE_EVERY:
                 await _forget_replayed(app)
                 since_purge = 0
-            if msgs[-1].metadata.num_pending == 0:
+            if msgs and msgs[-1].metadata.num_pending:
+                continue
+            if pending:
+                replayed += sum(await asyncio.gather(*pending))
+                pending = set()
+            left = unsettled(await app.js.consumer_info(defs.BATCH_PARKED, defs.REPLAY.name))
+            if not left:
+                break
+            if time.monotonic() > deadline:
+                log.warning("recovery.unsettled", left=left)
                 break
         if pending:
             replayed += sum(await asyncio.gather(*pending))
@@ -114,6 +128,12 @@ async def drain(app: App) -> int:
         await sub.unsubscribe()
     await _forget_replayed(app)
     return replayed
+
+
+def unsettled(info: ConsumerInfo) -> int:
+    """Parked messages not yet replayed: never delivered, or delivered and not acked (a
+    replay nak'ed after a failure, or held by a pod that may have stopped)."""
+    return (info.num_pending or 0) + (info.num_ack_pending or 0)
 
 
 async def _replay_batch(app: App, msgs: list[Msg]) -> int:
@@ -133,6 +153,7 @@ async def _replay_batch(app: App, msgs: list[Msg]) -> int:
                     "UPDATE batchyard.batches SET status = $2, last_error = NULL, "
                     "updated_at = now() WHERE batch_id = ANY($1) AND status = 'auth_failed'",
                     ids, status)
+        failpoints.hit("replay.after_rows")
     except Exception as exc:  # unacked: redelivered after ack_wait, replayed then
         log.warning("replay.failed", error=repr(exc))
         for msg, _ in parked:

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import structlog
 
-from consumers import metrics
+from consumers import kept, metrics
 from consumers.app import App
 from consumers.errors import AuthError, PermanentError, RetryableError
 from consumers.gemini import TERMINAL, TRANSFER_TIMEOUT, Job
@@ -157,7 +157,7 @@ async def sweep_forever(app: App) -> None:
     """The poll role's periodic sweep, until cancelled; a bad key just skips a round."""
     while True:
         await asyncio.sleep(app.settings.file_sweep_interval)
-        for step in (reconcile_jobs, sweep_files):
+        for step in (reconcile_jobs, sweep_files, kept.sweep_kept):
             try:
                 await step(app)
             except (RetryableError, PermanentError, AuthError) as exc:

@@ -29,6 +29,7 @@ KEY = "KEY"
 KEY_HEALTH = "KEY_HEALTH"
 QUOTA = "QUOTA"
 BATCH_INPUTS = "BATCH_INPUTS"
+BATCH_KEPT = "BATCH_KEPT"  # inputs of parked batches, kept while parked (consumers/kept.py)
 
 KEY_HEALTH_CURRENT = "current"
 QUOTA_BATCH_CREATE = "batch-create"
@@ -83,20 +84,8 @@ def streams(replicas: int = 1) -> list[StreamConfig]:
         ),
         _kv(KEY_HEALTH, replicas),
         _kv(QUOTA, replicas),
-        StreamConfig(
-            name=f"OBJ_{BATCH_INPUTS}",
-            subjects=[f"$O.{BATCH_INPUTS}.C.>", f"$O.{BATCH_INPUTS}.M.>"],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            max_age=7 * DAY,
-            max_bytes=-1,
-            max_consumers=-1,
-            duplicate_window=120.0,
-            discard=DiscardPolicy.NEW,
-            allow_rollup_hdrs=True,
-            allow_direct=True,
-            num_replicas=replicas,
-        ),
+        _object_store(BATCH_INPUTS, 7 * DAY, replicas),
+        _object_store(BATCH_KEPT, 0, replicas),
     ]
 
 
@@ -116,6 +105,23 @@ def _kv(bucket: str, replicas: int) -> StreamConfig:
         discard=DiscardPolicy.NEW,
         allow_rollup_hdrs=True,
         deny_delete=True,
+        allow_direct=True,
+        num_replicas=replicas,
+    )
+
+
+def _object_store(bucket: str, max_age: float, replicas: int) -> StreamConfig:
+    return StreamConfig(
+        name=f"OBJ_{bucket}",
+        subjects=[f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=max_age,
+        max_bytes=-1,
+        max_consumers=-1,
+        duplicate_window=120.0,
+        discard=DiscardPolicy.NEW,
+        allow_rollup_hdrs=True,
         allow_direct=True,
         num_replicas=replicas,
     )
