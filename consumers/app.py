@@ -12,13 +12,13 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.object_store import ObjectStore
 
+from consumers.batch.quota import Quota
 from consumers.connect import connect_nats, create_pool
-from consumers.gemini import Gemini
-from consumers.keyguard import KeyGuard
-from consumers.keys import KeySource
-from consumers.quota import Quota
+from consumers.gemini.client import Gemini
+from consumers.gemini.guard import KeyGuard
+from consumers.gemini.keys import KeySource
 from consumers.settings import Settings
-from consumers.store import Store
+from consumers.store.batches import Store
 from events import jetstream as defs
 
 log = structlog.get_logger("batchyard")

@@ -131,7 +131,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 async def _streams(settings: Settings, args: argparse.Namespace) -> int:
-    from consumers import provision
+    from consumers.ops import provision
 
     if args.action == "export":
         for path in provision.export(args.directory, args.replicas):
@@ -151,7 +151,7 @@ async def _streams(settings: Settings, args: argparse.Namespace) -> int:
 async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     import asyncpg
 
-    from consumers.migrate import MigrationError, Migrator
+    from consumers.store.migrate import MigrationError, Migrator
 
     conn = await asyncpg.connect(settings.database_url, timeout=10)
     try:
@@ -175,13 +175,13 @@ async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _demo(settings: Settings, args: argparse.Namespace) -> int:
-    from consumers.demo import run_demo
+    from consumers.ops.demo import run_demo
 
     return await run_demo(settings)
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
-    from consumers.run import role_names, run_roles
+    from consumers.pod import role_names, run_roles
 
     try:
         names = role_names(args.roles)
@@ -192,7 +192,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _publish(settings: Settings, args: argparse.Namespace) -> int:
-    from consumers.producer import publish_file
+    from consumers.ops.producer import publish_file
     from events.payloads import InvalidMessage
 
     try:
@@ -204,8 +204,8 @@ async def _publish(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _ops(settings: Settings, args: argparse.Namespace) -> int:
-    from consumers import ops
     from consumers.app import App
+    from consumers.ops import report as ops
 
     app = await App.open(settings, name="batchyard-cli")
     try:
@@ -219,7 +219,7 @@ async def _ops(settings: Settings, args: argparse.Namespace) -> int:
         elif args.command == "batches" and args.action == "list":
             ops.emit(await ops.batches(app, args.status, args.limit), as_json, "batches")
         elif args.command == "batches" and args.action != "show":
-            from consumers import redrive
+            from consumers.ops import redrive
 
             if args.action == "resubmit":
                 print(await redrive.resubmit(app, args.batch_id, fresh=args.fresh))

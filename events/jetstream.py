@@ -29,7 +29,7 @@ KEY = "KEY"
 KEY_HEALTH = "KEY_HEALTH"
 QUOTA = "QUOTA"
 BATCH_INPUTS = "BATCH_INPUTS"
-BATCH_KEPT = "BATCH_KEPT"  # inputs of parked batches, kept while parked (consumers/kept.py)
+BATCH_KEPT = "BATCH_KEPT"  # inputs of parked batches, kept while parked (consumers/batch/kept.py)
 
 KEY_HEALTH_CURRENT = "current"
 QUOTA_BATCH_CREATE = "batch-create"

@@ -12,8 +12,8 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from consumers import provision
-from consumers.migrate import Migrator
+from consumers.ops import provision
+from consumers.store.migrate import Migrator
 from sandbox.natsd import NatsServer, nats_server
 from sandbox.pg import PostgresServer, postgres_server
 from tests.harness import Stack

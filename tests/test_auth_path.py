@@ -176,7 +176,7 @@ async def test_rotation_to_another_bad_key_stays_parked(stack: Stack) -> None:
 
 
 async def _invalid_for(nc: object, key: str) -> bool:
-    from consumers.keys import fingerprint
+    from consumers.gemini.keys import fingerprint
 
     msgs = await stream_messages(nc, subjects.KEY_INVALID)  # type: ignore[arg-type]
     return any(decode(m, KeyInvalid).fingerprint == fingerprint(key) for m in msgs)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from google.genai import errors
 
-from consumers._runtime import BACKOFF, backoff
+from consumers.batch.results import check_vector
 from consumers.errors import AuthError, PermanentError, RetryableError
-from consumers.gemini import classify
-from consumers.results import check_vector
+from consumers.gemini.client import classify
+from consumers.runtime import BACKOFF, backoff
 
 INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 

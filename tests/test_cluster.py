@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
-from consumers import provision
+from consumers.ops import provision
 from events import jetstream as defs
 from events import subjects
 from sandbox.cluster import nats_cluster

@@ -8,7 +8,7 @@ from typing import Any
 
 import nats
 
-from consumers import provision
+from consumers.ops import provision
 from events import jetstream as defs
 from sandbox.cluster import nats_cluster
 from tests.conftest import KEY

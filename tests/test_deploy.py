@@ -21,10 +21,10 @@ import nats
 import pytest
 import yaml
 
-from consumers import provision
 from consumers.cli import _parser
 from consumers.http import serve
-from consumers.run import role_names
+from consumers.ops import provision
+from consumers.pod import role_names
 from consumers.settings import VARS, Settings, duration
 from events import jetstream as defs
 from sandbox import _proc

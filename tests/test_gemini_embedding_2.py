@@ -12,8 +12,8 @@ import numpy as np
 from google import genai
 
 from consumers.errors import PermanentError
-from consumers.gemini import Gemini
-from consumers.keys import KeySource
+from consumers.gemini.client import Gemini
+from consumers.gemini.keys import KeySource
 from consumers.settings import Settings
 from events import subjects
 from events.payloads import Dead, decode

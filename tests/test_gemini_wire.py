@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 from google import genai
 
-from consumers.gemini import Gemini
-from consumers.keys import KeySource
+from consumers.gemini.client import Gemini
+from consumers.gemini.keys import KeySource
 from consumers.settings import Settings
 from tests.conftest import KEY
 from tests.harness import wait_for

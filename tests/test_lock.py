@@ -84,7 +84,7 @@ def test_image_install_step_gives_a_working_batchyard(tmp_path: Path) -> None:
     run = subprocess.run([str(UV), "sync", "-q", "--frozen", "--no-dev", "--no-editable"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    check = ("import consumers, pathlib; from consumers.migrate import load; "
+    check = ("import consumers, pathlib; from consumers.store.migrate import load; "
              "assert load(); print(pathlib.Path(consumers.__file__).parent)")
     out = subprocess.run([str(tmp_path / "venv" / "bin" / "python"), "-c", check], cwd="/",
                          capture_output=True, text=True, timeout=60)

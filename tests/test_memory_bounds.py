@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client as NATS
 
-from consumers.inputs import Input, load_items
-from consumers.results import Ingest
+from consumers.batch.inputs import Input, load_items
+from consumers.batch.results import Ingest
 from events import jetstream as defs
 from events import subjects
 from events.payloads import (

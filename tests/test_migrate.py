@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from consumers.migrate import Migration, MigrationError, Migrator, load
+from consumers.store.migrate import Migration, MigrationError, Migrator, load
 
 
 async def _tables(conn: asyncpg.Connection) -> set[str]:

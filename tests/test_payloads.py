@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumers.letters import original
+from consumers.batch.letters import original
 from events import (
     Completed,
     InvalidMessage,

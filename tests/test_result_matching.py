@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from consumers.gemini import InlineResult
-from consumers.inputs import Input
-from consumers.results import ingest_inline
+from consumers.batch.inputs import Input
+from consumers.batch.results import ingest_inline
+from consumers.gemini.client import InlineResult
 from events.payloads import DEFAULT_MODEL, Item, SubmitRequest
 from sandbox.emulator import embed
 from tests.harness import Stack, batch, submit, wait_finished

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from consumers.inputs import Input
+from consumers.batch.inputs import Input
 from events import subjects
 from events.payloads import Completed, Item, SubmitRequest
 from tests.harness import Stack, batch, stream_messages, submit, wait_finished, wait_for

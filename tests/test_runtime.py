@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from consumers._runtime import ACK, Outcome, Runtime, nak, term
 from consumers.errors import AuthError, PermanentError, RetryableError
+from consumers.runtime import ACK, Outcome, Runtime, nak, term
 from events import jetstream as defs
 from events import subjects
 from events.payloads import InvalidMessage

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client as NATS
 
-from consumers.inputs import Input
-from consumers.shards import split
-from consumers.sweep import candidate, orphaned
+from consumers.batch.inputs import Input
+from consumers.batch.shards import split
+from consumers.batch.sweep import candidate, orphaned
 from events import jetstream as defs
 from events import subjects
 from events.payloads import Completed, Item, SubmitRequest, decode, encode_items_jsonl

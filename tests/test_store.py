@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import numpy as np
 
-from consumers.store import Store
+from consumers.store.batches import Store
 
 
 async def test_copy_then_upsert_keeps_one_row_per_item(migrated_url: str) -> None:

@@ -11,7 +11,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, RetentionPolicy, StorageType
 
-from consumers import provision
+from consumers.ops import provision
 from events import jetstream as defs
 from sandbox.natsd import NatsServer
 

@@ -11,7 +11,7 @@ import pytest
 
 from consumers import vectors
 from consumers.errors import PermanentError
-from consumers.gemini import _raw_job
+from consumers.gemini.client import _raw_job
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
@@ -113,7 +113,7 @@ def test_unit_rows_scales_each_row_to_unit_length() -> None:
 
 
 def test_rows_are_encoded_at_unit_length_when_asked() -> None:
-    from consumers.pgcopy import HEADER, encode_rows
+    from consumers.store.pgcopy import HEADER, encode_rows
 
     rows = [("a", np.asarray([3.0, 4.0], dtype=np.float32)),
             ("b", np.asarray([0.0, 0.5], dtype=np.float32))]

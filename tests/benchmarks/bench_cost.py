@@ -16,8 +16,8 @@ from typing import Any
 import asyncpg
 import nats
 
-from consumers import provision
-from consumers.migrate import Migrator
+from consumers.ops import provision
+from consumers.store.migrate import Migrator
 from events import subjects
 from events.payloads import Item, SubmitRequest
 from events.publisher import publish

@@ -16,10 +16,10 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from consumers.inputs import Input
-from consumers.migrate import Migrator
-from consumers.results import Ingest
-from consumers.store import Store
+from consumers.batch.inputs import Input
+from consumers.batch.results import Ingest
+from consumers.store.batches import Store
+from consumers.store.migrate import Migrator
 from events.payloads import Item, SubmitRequest
 from sandbox.pg import postgres_server
 

@@ -14,9 +14,10 @@ from typing import Any
 import asyncpg
 import nats
 
-from consumers import provision, recovery
-from consumers.migrate import Migrator
-from consumers.store import Store
+from consumers.ops import provision
+from consumers.roles import recovery
+from consumers.store.batches import Store
+from consumers.store.migrate import Migrator
 from events import jetstream as defs
 from events import subjects
 from events.payloads import AuthFailed, ErrorDetail, KeyValid, encode

@@ -13,11 +13,11 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from consumers import reuse
-from consumers.inputs import Input
-from consumers.migrate import Migrator
-from consumers.results import Ingest
-from consumers.store import Store
+from consumers.batch import reuse
+from consumers.batch.inputs import Input
+from consumers.batch.results import Ingest
+from consumers.store.batches import Store
+from consumers.store.migrate import Migrator
 from events.payloads import Item, SubmitRequest
 from sandbox.pg import postgres_server
 from tests.benchmarks.bench_cost import _cpu_seconds

@@ -11,9 +11,9 @@ import nats
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from consumers import provision
-from consumers._runtime import ACK, Outcome, Runtime
 from consumers.errors import RetryableError
+from consumers.ops import provision
+from consumers.runtime import ACK, Outcome, Runtime
 from events import jetstream as defs
 from events import subjects
 from sandbox.natsd import nats_server

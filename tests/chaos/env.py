@@ -22,8 +22,8 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from consumers import provision
-from consumers.migrate import Migrator
+from consumers.ops import provision
+from consumers.store.migrate import Migrator
 from events import jetstream as defs
 from sandbox.cluster import NatsCluster, nats_cluster
 from sandbox.emulator.testing import EmulatorProcess, launch_emulator

@@ -14,8 +14,8 @@ from nats.js.errors import NotFoundError
 from nats.js.errors import ObjectNotFoundError as _ObjectNotFound
 from nats.js.object_store import ObjectStore
 
-from consumers import kept
 from consumers.app import App
+from consumers.batch import kept
 from consumers.errors import PermanentError
 from events import jetstream as defs
 from events.payloads import (

@@ -15,8 +15,8 @@ import structlog
 
 from consumers import vectors
 from consumers.app import App
-from consumers.gemini import InlineResult
-from consumers.inputs import Input
+from consumers.batch.inputs import Input
+from consumers.gemini.client import InlineResult
 from events.payloads import MAX_DIMENSIONALITY, ErrorDetail
 
 log = structlog.get_logger("batchyard.results")

@@ -23,9 +23,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from consumers import provision
-from consumers.migrate import Migrator
+from consumers.ops import provision
 from consumers.settings import Settings
+from consumers.store.migrate import Migrator
 from events import jetstream as defs
 from events import subjects
 from events.payloads import Item, SubmitRequest

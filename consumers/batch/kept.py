@@ -21,7 +21,7 @@ from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from consumers.app import App
-from consumers.store import FINISHED, db_errors
+from consumers.store.batches import FINISHED, db_errors
 from events import jetstream as defs
 from events.payloads import PollRequest, Stage, SubmitRequest, decode
 

@@ -12,16 +12,16 @@ import asyncpg
 import structlog
 from nats.aio.msg import Msg
 
-from consumers import letters, reuse, shards
-from consumers._runtime import ACK, Outcome, nak, term
 from consumers.app import App, utcnow
+from consumers.batch import letters, reuse, shards
+from consumers.batch.finish import finish_attempt
+from consumers.batch.inputs import Input
+from consumers.batch.results import ingest_file, ingest_inline
+from consumers.batch.sweep import forget_file, sweep_forever
 from consumers.errors import AuthError, BatchyardError, PermanentError, RetryableError
-from consumers.finish import finish_attempt
-from consumers.gemini import TERMINAL, Job
-from consumers.inputs import Input
-from consumers.results import ingest_file, ingest_inline
-from consumers.store import LIVE
-from consumers.sweep import forget_file, sweep_forever
+from consumers.gemini.client import TERMINAL, Job
+from consumers.runtime import ACK, Outcome, nak, term
+from consumers.store.batches import LIVE
 from events import jetstream as defs
 from events.payloads import ErrorDetail, InvalidMessage, PollRequest, decode
 

@@ -18,7 +18,7 @@ from nats.js.kv import KeyValue
 
 from consumers import metrics
 from consumers.errors import AuthError
-from consumers.keys import KeySource
+from consumers.gemini.keys import KeySource
 from consumers.kvdoc import KvDoc
 from events import jetstream as defs
 from events.payloads import KeyHealth

@@ -9,13 +9,13 @@ from collections.abc import Callable
 import structlog
 
 from consumers import http, logs
-from consumers._runtime import Role, Runtime
 from consumers.app import App
-from consumers.key_health import KeyHealthRole
-from consumers.poll import Poll
-from consumers.recovery import Recovery
+from consumers.roles.key_health import KeyHealthRole
+from consumers.roles.poll import Poll
+from consumers.roles.recovery import Recovery
+from consumers.roles.submit import Submit
+from consumers.runtime import Role, Runtime
 from consumers.settings import Settings
-from consumers.submit import Submit
 
 log = structlog.get_logger("batchyard")
 

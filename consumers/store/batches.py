@@ -10,7 +10,7 @@ import asyncpg
 import numpy as np
 
 from consumers.errors import RetryableError
-from consumers.pgcopy import COLUMNS, encode_rows
+from consumers.store.pgcopy import COLUMNS, encode_rows
 
 CLAIM_WAIT = 30.0  # a claim waits this long for a connection, then the message naks
 FINISHED = frozenset({"succeeded", "partial", "failed", "dead", "cancelled"})

@@ -22,9 +22,9 @@ from nats.js.api import ConsumerInfo
 from nats.js.errors import NotFoundError
 
 from consumers import failpoints, metrics
-from consumers._runtime import ACK, Outcome, backoff, term
 from consumers.app import App
 from consumers.errors import AuthError, PermanentError, RetryableError
+from consumers.runtime import ACK, Outcome, backoff, term
 from events import jetstream as defs
 from events import subjects
 from events.payloads import AuthFailed, InvalidMessage, KeyValid, decode, encode

@@ -13,16 +13,17 @@ import asyncpg
 import structlog
 from nats.aio.msg import Msg
 
-from consumers import failpoints, letters, metrics, reuse, shards
-from consumers._runtime import ACK, Outcome, backoff, nak, term
+from consumers import failpoints, metrics
 from consumers.app import App, utcnow
+from consumers.batch import letters, reuse, shards
+from consumers.batch.finish import finish_attempt
+from consumers.batch.inputs import INLINE_MAX_BYTES, Input, load_items
+from consumers.batch.online import embed_online
+from consumers.batch.sweep import forget_file
 from consumers.errors import AuthError, PermanentError, RetryableError
-from consumers.finish import finish_attempt
-from consumers.gemini import TERMINAL, Job
-from consumers.inputs import INLINE_MAX_BYTES, Input, load_items
-from consumers.online import embed_online
-from consumers.store import FINISHED
-from consumers.sweep import forget_file
+from consumers.gemini.client import TERMINAL, Job
+from consumers.runtime import ACK, Outcome, backoff, nak, term
+from consumers.store.batches import FINISHED
 from events import jetstream as defs
 from events import subjects
 from events.payloads import InvalidMessage, Item, PollRequest, SubmitRequest, decode

@@ -11,8 +11,8 @@ from nats.js.errors import NotFoundError
 from rich.console import Console
 from rich.table import Table
 
-from consumers import recovery
 from consumers.app import App
+from consumers.roles import recovery
 from events import jetstream as defs
 from events import subjects
 from events.payloads import AuthFailed, Dead, InvalidMessage, SubmitRequest, decode, encode

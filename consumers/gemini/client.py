@@ -27,7 +27,7 @@ from google.genai import types
 
 from consumers import logs, metrics, vectors
 from consumers.errors import AuthError, BatchyardError, PermanentError, RetryableError
-from consumers.keys import KeySource
+from consumers.gemini.keys import KeySource
 from consumers.settings import Settings
 
 try:

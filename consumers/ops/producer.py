@@ -6,8 +6,8 @@ import argparse
 
 import msgspec
 
+from consumers.batch.inputs import MESSAGE_ITEMS_MAX_BYTES
 from consumers.connect import connect_nats
-from consumers.inputs import MESSAGE_ITEMS_MAX_BYTES
 from consumers.settings import Settings
 from events import jetstream as defs
 from events import subjects

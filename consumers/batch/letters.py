@@ -9,10 +9,11 @@ import msgspec
 import structlog
 from nats.aio.msg import Msg
 
-from consumers import kept, metrics
+from consumers import metrics
 from consumers.app import App, utcnow
+from consumers.batch import kept
 from consumers.errors import AuthError, BatchyardError, RetryableError
-from consumers.store import LIVE
+from consumers.store.batches import LIVE
 from events import jetstream as defs
 from events import subjects
 from events.payloads import (

@@ -14,8 +14,8 @@ import structlog
 
 from consumers import metrics
 from consumers.app import App
-from consumers.inputs import Input, load_input
-from consumers.store import db_errors
+from consumers.batch.inputs import Input, load_input
+from consumers.store.batches import db_errors
 from events.payloads import ErrorDetail, Item
 
 log = structlog.get_logger("batchyard.reuse")

@@ -7,12 +7,12 @@ the command read.
 
 from __future__ import annotations
 
-from consumers import shards
 from consumers.app import App
+from consumers.batch import shards
+from consumers.batch.inputs import load_input, next_attempt
 from consumers.errors import BatchyardError
-from consumers.gemini import TERMINAL
-from consumers.inputs import load_input, next_attempt
-from consumers.store import FINISHED
+from consumers.gemini.client import TERMINAL
+from consumers.store.batches import FINISHED
 from events import subjects
 from events.payloads import Item
 from events.publisher import publish

@@ -35,8 +35,8 @@ class Migration:
 
 
 def migrations_dir() -> Path:
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "migrations", here / "_migrations"):
+    package = Path(__file__).resolve().parent.parent  # consumers/
+    for candidate in (package.parent / "migrations", package / "_migrations"):
         if candidate.is_dir():
             return candidate
     raise MigrationError("migrations directory not found")

@@ -14,11 +14,12 @@ from typing import NamedTuple
 
 import structlog
 
-from consumers import kept, metrics
+from consumers import metrics
 from consumers.app import App
+from consumers.batch import kept
 from consumers.errors import AuthError, PermanentError, RetryableError
-from consumers.gemini import TERMINAL, TRANSFER_TIMEOUT, Job
-from consumers.store import FINISHED, LIVE, db_errors
+from consumers.gemini.client import TERMINAL, TRANSFER_TIMEOUT, Job
+from consumers.store.batches import FINISHED, LIVE, db_errors
 
 log = structlog.get_logger("batchyard.sweep")
 _NAME = re.compile(

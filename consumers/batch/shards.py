@@ -16,10 +16,10 @@ import msgspec
 from nats.aio.msg import Msg
 
 from consumers.app import App
-from consumers.finish import finish_attempt
-from consumers.gemini import TERMINAL
-from consumers.inputs import JSON_ESCAPE, LINE_FRAMING, Input
-from consumers.store import db_errors
+from consumers.batch.finish import finish_attempt
+from consumers.batch.inputs import JSON_ESCAPE, LINE_FRAMING, Input
+from consumers.gemini.client import TERMINAL
+from consumers.store.batches import db_errors
 from events.payloads import ErrorDetail, Item
 
 FILE_MAX_BYTES = 2 * 1024**3  # the Batch API's input file limit

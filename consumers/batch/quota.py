@@ -19,10 +19,10 @@ from nats.js.kv import KeyValue
 
 from consumers import metrics
 from consumers.errors import BatchyardError
-from consumers.gemini import Job
+from consumers.gemini.client import Job
 from consumers.kvdoc import KvDoc
 from consumers.settings import Settings
-from consumers.store import Store, db_errors
+from consumers.store.batches import Store, db_errors
 from events import jetstream as defs
 from events.payloads import ErrorDetail, QuotaGate
 

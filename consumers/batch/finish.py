@@ -5,9 +5,10 @@ from __future__ import annotations
 import structlog
 from nats.aio.msg import Msg
 
-from consumers import failpoints, letters, metrics, reuse
+from consumers import failpoints, metrics
 from consumers.app import App, utcnow
-from consumers.inputs import Input, next_attempt
+from consumers.batch import letters, reuse
+from consumers.batch.inputs import Input, next_attempt
 from events import subjects
 from events.payloads import Completed, DeadItem, ErrorDetail, Item
 from events.publisher import publish

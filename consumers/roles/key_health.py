@@ -13,10 +13,10 @@ import structlog
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
-from consumers._runtime import ACK, Outcome, backoff, term
 from consumers.app import App, utcnow
 from consumers.errors import AuthError, PermanentError, RetryableError
-from consumers.recovery import unsettled
+from consumers.roles.recovery import unsettled
+from consumers.runtime import ACK, Outcome, backoff, term
 from events import jetstream as defs
 from events import subjects
 from events.payloads import InvalidMessage, KeyHealth, KeyInvalid, KeyValid, decode_key_rotated

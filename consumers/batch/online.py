@@ -17,11 +17,11 @@ from typing import Any
 import structlog
 
 from consumers import metrics, vectors
-from consumers._runtime import backoff
 from consumers.app import App
+from consumers.batch.inputs import Input
+from consumers.batch.results import FLUSH_ROWS, Ingest
 from consumers.errors import RetryableError
-from consumers.inputs import Input
-from consumers.results import FLUSH_ROWS, Ingest
+from consumers.runtime import backoff
 from events.payloads import ErrorDetail, Item
 
 log = structlog.get_logger("batchyard.online")
