@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 import structlog
 from nats.aio.msg import Msg
+from nats.js.api import ConsumerInfo
 
 from consumers import metrics
 from consumers.app import App, utcnow
@@ -127,3 +128,8 @@ async def park(app: App, msg: Msg, *, stage: Stage, batch_id: str, attempt: int,
     metrics.PARKED.labels(stage).inc()
     log.warning("message.parked", error=error.message, key_fingerprint=fingerprint)
 
+
+def unsettled(info: ConsumerInfo) -> int:
+    """Parked messages not yet replayed: never delivered, or delivered and not acked (a
+    replay nak'ed after a failure, or held by a pod that may have stopped)."""
+    return (info.num_pending or 0) + (info.num_ack_pending or 0)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from consumers.app import App
-from consumers.roles import recovery
+from consumers.ops import replay
 from events import jetstream as defs
 from events import subjects
 from events.payloads import AuthFailed, Dead, InvalidMessage, SubmitRequest, decode, encode
@@ -176,7 +176,7 @@ async def dead(app: App) -> list[dict[str, Any]]:
 
 
 async def replay_parked(app: App, batch_id: str | None) -> int:
-    return await recovery.replay_by_hand(app, batch_id)
+    return await replay.replay_by_hand(app, batch_id)
 
 
 async def replay_dead(app: App, seq: int) -> str:

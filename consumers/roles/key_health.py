@@ -14,8 +14,8 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
 from consumers.app import App, utcnow
+from consumers.batch.letters import unsettled
 from consumers.errors import AuthError, PermanentError, RetryableError
-from consumers.roles.recovery import unsettled
 from consumers.runtime import ACK, Outcome, backoff, term
 from events import jetstream as defs
 from events import subjects

@@ -19,16 +19,15 @@ import structlog
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import ConsumerInfo
-from nats.js.errors import NotFoundError
 
 from consumers import failpoints, metrics
 from consumers.app import App
+from consumers.batch.letters import unsettled
 from consumers.errors import AuthError, PermanentError, RetryableError
 from consumers.runtime import ACK, Outcome, backoff, term
 from events import jetstream as defs
 from events import subjects
-from events.payloads import AuthFailed, InvalidMessage, KeyValid, decode, encode
-from events.publisher import publish
+from events.payloads import InvalidMessage, KeyValid, decode
 
 log = structlog.get_logger("batchyard.recovery")
 
@@ -49,25 +48,6 @@ PURGE_EVERY = 2048
 SWEEPS = 5
 SWEEP_DELAY = 1.0
 DRAIN_BUDGET = 60.0  # seconds a drain waits on replays that failed or are held
-
-
-async def replay_one(app: App, data: bytes, seq: int) -> str | None:
-    """Replay the parked message at BATCH_PARKED `seq`; returns its batch_id."""
-    try:
-        parked = decode(data, AuthFailed)
-    except InvalidMessage as exc:
-        log.error("parked.unreadable", seq=seq, reason=exc.reason)
-        return None
-    status = "pending_submission" if parked.stage == "submit" else "submitted"
-    await app.store.update(parked.batch_id, {"status": "auth_failed"}, status=status,
-                           last_error=None)
-    await publish(app.js, parked.subject, encode(parked.payload), subjects.replay_id(seq))
-    try:
-        await app.js.delete_msg(defs.BATCH_PARKED, seq)
-    except NotFoundError:
-        pass  # another pod replayed it first
-    metrics.REPLAYED.labels(parked.stage).inc()
-    return parked.batch_id
 
 
 async def drain(app: App) -> int:
@@ -130,12 +110,6 @@ async def drain(app: App) -> int:
     return replayed
 
 
-def unsettled(info: ConsumerInfo) -> int:
-    """Parked messages not yet replayed: never delivered, or delivered and not acked (a
-    replay nak'ed after a failure, or held by a pod that may have stopped)."""
-    return (info.num_pending or 0) + (info.num_ack_pending or 0)
-
-
 async def _replay_batch(app: App, msgs: list[Msg]) -> int:
     """Replay a fetched batch: rows back in two statements, publishes pipelined."""
     parked: list[tuple[Msg, _Parked]] = []
@@ -186,26 +160,6 @@ async def _purge_below(app: App, info: ConsumerInfo) -> None:
     floor = info.ack_floor.stream_seq if info.ack_floor else 0
     if floor:
         await app.js.purge_stream(defs.BATCH_PARKED, seq=floor + 1)
-
-
-async def replay_by_hand(app: App, batch_id: str | None = None) -> int:
-    """`batchyard parked replay [--batch ID]`: replay parked messages now, key or not."""
-    info = await app.js.stream_info(defs.BATCH_PARKED)
-    replayed = 0
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        try:
-            raw = await app.js.get_msg(defs.BATCH_PARKED, seq)
-        except NotFoundError:
-            continue
-        if batch_id is not None:
-            try:
-                if decode(raw.data or b"", AuthFailed).batch_id != batch_id:
-                    continue
-            except InvalidMessage:
-                continue
-        if await replay_one(app, raw.data or b"", seq) is not None:
-            replayed += 1
-    return replayed
 
 
 class Recovery:
