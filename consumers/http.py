@@ -47,6 +47,6 @@ async def serve(app: App, port: int, bound: Callable[[], bool]) -> AsyncIterator
 async def _db_ok(app: App) -> bool:
     try:
         async with asyncio.timeout(2):
-            return bool(await app.store.pool.fetchval("SELECT true"))
+            return await app.store.ping()
     except Exception:
         return False

@@ -21,7 +21,6 @@ from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from consumers.app import App
-from consumers.store.batches import FINISHED, db_errors
 from events import jetstream as defs
 from events.payloads import PollRequest, Stage, SubmitRequest, decode
 
@@ -108,13 +107,6 @@ async def message(app: App, seq: int) -> bytes | None:
         return None
 
 
-_LIVE_ATTEMPT = """
-SELECT o.name FROM unnest($1::text[], $2::text[], $3::int[]) AS o(name, batch_id, attempt)
-LEFT JOIN batchyard.batches b USING (batch_id)
-WHERE b.batch_id IS NULL OR b.status = ANY($4) OR b.attempt > o.attempt
-"""
-
-
 async def sweep_kept(app: App) -> int:
     """Delete copies whose batch finished, is gone, or moved to a later attempt."""
     try:
@@ -134,11 +126,11 @@ async def sweep_kept(app: App) -> int:
         attempts.append(owner.attempt)
     if not names:
         return 0
-    async with db_errors():
-        done = await app.store.pool.fetch(_LIVE_ATTEMPT, names, ids, attempts, list(FINISHED))
-    for r in done:
+    done = [n for n, past in zip(names, await app.store.past(ids, attempts), strict=True)
+            if past]
+    for name in done:
         try:
-            await app.kept.delete(r["name"])
+            await app.kept.delete(name)
         except (ObjectNotFoundError, NotFoundError):
             pass
     if done:

@@ -1,11 +1,9 @@
 """The Batch API's limits as waits (CONTRACT §11): admission across pods and the gate.
 
-Admission is counted in PostgreSQL's `jobs` table: a job holds its slot from the
-moment its creation starts (`creating`) until it is terminal, and every pod admits
-under one transaction-scoped advisory lock, so counts stay right through crashes and
-restarts without any pod keeping state. The gate is KV `QUOTA` / `batch-create`: a 429
-on creation closes it for every pod until the RetryInfo delay, or a cooldown that
-doubles per consecutive 429; a job that finishes opens it early.
+Admission is counted in PostgreSQL's `jobs` table (consumers/store/jobs.py). The gate
+is KV `QUOTA` / `batch-create`: a 429 on creation closes it for every pod until the
+RetryInfo delay, or a cooldown that doubles per consecutive 429; a job that finishes
+opens it early.
 """
 
 from __future__ import annotations
@@ -22,37 +20,11 @@ from consumers.errors import BatchyardError
 from consumers.gemini.client import Job
 from consumers.kvdoc import KvDoc
 from consumers.settings import Settings
-from consumers.store.batches import Store, db_errors
+from consumers.store.batches import Store
 from events import jetstream as defs
 from events.payloads import ErrorDetail, QuotaGate
 
 log = structlog.get_logger("batchyard.quota")
-_ADMIT = """
-WITH active AS (
-    SELECT count(*) AS jobs,
-           coalesce(sum(est_tokens) FILTER (WHERE model = $7), 0) AS tokens
-    FROM batchyard.jobs j JOIN batchyard.batches b USING (batch_id)
-    -- a creation counts until it is known not to exist: the sweep reconciles it
-    WHERE j.state IN ('creating', 'pending', 'running')
-)
-INSERT INTO batchyard.jobs (batch_id, attempt, shard, display_name, state, items, est_tokens)
-SELECT $1, $2, $9::integer, $3, 'creating', $4, $5::bigint FROM active
-WHERE active.jobs < $6::bigint AND ($8::bigint = 0 OR active.tokens + $5::bigint <= $8::bigint)
-RETURNING state
-"""
-_PROGRESS = """
-WITH before AS (
-    SELECT coalesce(requests_succeeded, 0) + coalesce(requests_failed, 0) AS done
-    FROM batchyard.jobs WHERE batch_id = $1 AND attempt = $2 AND shard = $3
-    AND state IN ('pending', 'running') FOR UPDATE
-)
-UPDATE batchyard.jobs j
-SET state = $4, requests_succeeded = coalesce($5, j.requests_succeeded),
-    requests_failed = coalesce($6, j.requests_failed), polled_at = now()
-FROM before
-WHERE j.batch_id = $1 AND j.attempt = $2 AND j.shard = $3
-RETURNING greatest(coalesce($5, 0) + coalesce($6, 0) - before.done, 0)
-"""
 GATE_CACHE_S = 1.0
 PROBING = "cooldown over: one pod probes with a creation"
 
@@ -77,42 +49,27 @@ class Quota:
                       est_tokens: int, model: str, shard: int = 0) -> str | None:
         """Take a slot for this attempt's job: "new", "again" when an earlier try holds
         it (its creation may have made the job), None when the Batch API has no room."""
-        async with db_errors(), self.store.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('batchyard.admission'))")
-            if await conn.fetchval(
-                    "SELECT true FROM batchyard.jobs WHERE batch_id = $1 AND attempt = $2 "
-                    "AND shard = $3", batch_id, attempt, shard):
-                return "again"  # reserved by an earlier try: the slot is already ours
-            state = await conn.fetchval(
-                _ADMIT, batch_id, attempt, display_name, items, est_tokens,
-                self.settings.max_active_jobs, model, self.settings.max_enqueued_tokens, shard)
-        return None if state is None else "new"
+        return await self.store.jobs.reserve(
+            batch_id, attempt, shard, display_name, items, est_tokens, model,
+            self.settings.max_active_jobs, self.settings.max_enqueued_tokens)
 
     async def created(self, batch_id: str, attempt: int, job_name: str,
                       input_file: str | None, shard: int = 0) -> None:
-        async with db_errors():
-            await self.store.pool.execute(
-                "UPDATE batchyard.jobs SET state = 'pending', job_name = $3, input_file = $4 "
-                "WHERE batch_id = $1 AND attempt = $2 AND shard = $5", batch_id, attempt,
-                job_name, input_file, shard)
+        await self.store.jobs.created(batch_id, attempt, shard, job_name, input_file)
 
     async def progress(self, batch_id: str, attempt: int, job: Job, shard: int = 0) -> None:
         """Record a live job's state and counts as its poll saw them; the requests done
         since the last poll go to the progress counter (the row keeps the pods agreed)."""
         counts = job.progress
-        async with db_errors():
-            gained = await self.store.pool.fetchval(
-                _PROGRESS, batch_id, attempt, shard, job.state,
-                counts.succeeded if counts else None, counts.failed if counts else None)
+        gained = await self.store.jobs.progress(
+            batch_id, attempt, shard, job.state, counts.succeeded if counts else None,
+            counts.failed if counts else None)
         if gained:
             metrics.JOB_REQUESTS_DONE.inc(gained)
 
     async def release(self, batch_id: str, attempt: int, shard: int = 0) -> None:
         """Give back a slot whose job was never created."""
-        async with db_errors():
-            await self.store.pool.execute(
-                "DELETE FROM batchyard.jobs WHERE batch_id = $1 AND attempt = $2 AND shard = $3 "
-                "AND state = 'creating'", batch_id, attempt, shard)
+        await self.store.jobs.release(batch_id, attempt, shard)
 
     async def finished(self, batch_id: str, attempt: int, state: str, shard: int = 0,
                        failures: dict[str, ErrorDetail] | None = None) -> None:
@@ -120,12 +77,9 @@ class Quota:
 
         A shard's failed items are kept with it until its whole attempt is settled.
         """
-        async with db_errors():
-            await self.store.pool.execute(
-                "UPDATE batchyard.jobs SET state = $3, finished_at = now(), failures = $5 "
-                "WHERE batch_id = $1 AND attempt = $2 AND shard = $4 "
-                "AND state IN ('creating', 'pending', 'running')", batch_id, attempt, state,
-                shard, msgspec.json.encode(failures).decode() if failures else None)
+        await self.store.jobs.finished(
+            batch_id, attempt, shard, state,
+            msgspec.json.encode(failures).decode() if failures else None)
         gate, revision = await self.read()
         if gate is not None and gate.state == "closed":
             opened = QuotaGate(state="open", reason="a job finished", checked_at=_now(),
@@ -188,11 +142,7 @@ class Quota:
                               revision)
 
     async def _active(self) -> tuple[int, int]:
-        async with db_errors():
-            row = await self.store.pool.fetchrow(
-                "SELECT count(*) AS jobs, coalesce(sum(est_tokens), 0) AS tokens"
-                " FROM batchyard.jobs WHERE state IN ('creating', 'pending', 'running')")
-        return int(row["jobs"]), int(row["tokens"])
+        return await self.store.jobs.active()
 
     async def full(self) -> None:
         """Admission had no room: fetch nothing until a job finishes (what is active

@@ -15,46 +15,9 @@ import structlog
 from consumers import metrics
 from consumers.app import App
 from consumers.batch.inputs import Input, load_input
-from consumers.store.batches import db_errors
 from events.payloads import ErrorDetail, Item
 
 log = structlog.get_logger("batchyard.reuse")
-CHUNK = 5000  # items per lookup-and-copy round trip
-
-# An item's own row first: re-submitted with the same text, it keeps that row.
-_COPY = """
-WITH wanted AS (
-    SELECT * FROM unnest($1::text[], $2::bytea[]) AS w(item_id, sha)
-), found AS (
-    SELECT DISTINCT ON (w.item_id) w.item_id, w.sha, e.dims, e.embedding
-    FROM wanted w JOIN batchyard.embeddings e
-      ON e.text_sha256 = w.sha AND e.model = $3 AND e.dims = $4
-     AND e.task_type IS NOT DISTINCT FROM $5
-    ORDER BY w.item_id, e.item_id = w.item_id DESC
-), copied AS (
-    INSERT INTO batchyard.embeddings AS t
-        (item_id, model, batch_id, dims, embedding, task_type, text_sha256)
-    SELECT item_id, $3, $6, dims, embedding, $5, sha FROM found
-    ON CONFLICT (item_id, model) DO UPDATE
-    SET batch_id = EXCLUDED.batch_id, dims = EXCLUDED.dims, embedding = EXCLUDED.embedding,
-        task_type = EXCLUDED.task_type, text_sha256 = EXCLUDED.text_sha256, created_at = now()
-    WHERE t.text_sha256 IS DISTINCT FROM EXCLUDED.text_sha256 OR t.dims <> EXCLUDED.dims
-       OR t.task_type IS DISTINCT FROM EXCLUDED.task_type
-)
-SELECT item_id FROM found
-"""
-
-_SPREAD = """
-INSERT INTO batchyard.embeddings AS t
-    (item_id, model, batch_id, dims, embedding, task_type, text_sha256)
-SELECT d.item_id, e.model, $3, e.dims, e.embedding, e.task_type, e.text_sha256
-FROM unnest($1::text[], $2::text[]) AS d(item_id, source)
-JOIN batchyard.embeddings e ON e.item_id = d.source AND e.model = $4
-ON CONFLICT (item_id, model) DO UPDATE
-SET batch_id = EXCLUDED.batch_id, dims = EXCLUDED.dims, embedding = EXCLUDED.embedding,
-    task_type = EXCLUDED.task_type, text_sha256 = EXCLUDED.text_sha256, created_at = now()
-"""
-
 
 def _mask(inp: Input, sent: list[bool]) -> bytes:
     out = bytearray((len(sent) + 7) // 8)
@@ -105,13 +68,8 @@ async def resolve(app: App, inp: Input, row: asyncpg.Record) -> tuple[Input, int
     if not app.settings.reuse_embeddings or inp.dims is None:
         return inp, 0
     shas = inp.text_shas
-    copied: set[str] = set()
-    async with db_errors(), app.store.pool.acquire() as conn:
-        for start in range(0, len(inp.items), CHUNK):
-            chunk = inp.items[start:start + CHUNK]
-            found = await conn.fetch(_COPY, [i.id for i in chunk], shas[start:start + CHUNK],
-                                     inp.model, inp.dims, req.task_type, req.batch_id)
-            copied.update(r["item_id"] for r in found)
+    copied = await app.store.embeddings.copy_stored(
+        [i.id for i in inp.items], shas, inp.model, inp.dims, req.task_type, req.batch_id)
     seen: set[bytes] = set()
     sent = []
     for item, sha in zip(inp.items, shas, strict=True):
@@ -136,9 +94,7 @@ async def spread(app: App, inp: Input, failures: dict[str, ErrorDetail]) -> int:
         if source in failures:
             failures[dup] = failures[source]
     if copies:
-        async with db_errors():
-            await app.store.pool.execute(_SPREAD, [d for d, _ in copies],
-                                         [s for _, s in copies], inp.request.batch_id,
-                                         inp.model)
+        await app.store.embeddings.spread([d for d, _ in copies], [s for _, s in copies],
+                                          inp.request.batch_id, inp.model)
         metrics.ITEMS_REUSED.inc(len(copies))
     return len(copies)

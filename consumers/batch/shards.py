@@ -19,7 +19,6 @@ from consumers.app import App
 from consumers.batch.finish import finish_attempt
 from consumers.batch.inputs import JSON_ESCAPE, LINE_FRAMING, Input
 from consumers.gemini.client import TERMINAL
-from consumers.store.batches import db_errors
 from events.payloads import ErrorDetail, Item
 
 FILE_MAX_BYTES = 2 * 1024**3  # the Batch API's input file limit
@@ -60,10 +59,7 @@ def needs_split(inp: Input, max_tokens: int) -> bool:
 
 async def rows(app: App, batch_id: str, attempt: int) -> list[asyncpg.Record]:
     """The attempt's job rows, shard 0 (unsplit) or 1…n, in order."""
-    async with db_errors():
-        return list(await app.store.pool.fetch(
-            "SELECT * FROM batchyard.jobs WHERE batch_id = $1 AND attempt = $2 ORDER BY shard",
-            batch_id, attempt))
+    return await app.store.jobs.of_attempt(batch_id, attempt)
 
 
 async def plan(app: App, inp: Input) -> tuple[list[list[Item]], dict[int, asyncpg.Record]]:

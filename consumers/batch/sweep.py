@@ -19,19 +19,11 @@ from consumers.app import App
 from consumers.batch import kept
 from consumers.errors import AuthError, PermanentError, RetryableError
 from consumers.gemini.client import TERMINAL, TRANSFER_TIMEOUT, Job
-from consumers.store.batches import FINISHED, LIVE, db_errors
+from consumers.store.batches import FINISHED, LIVE
 
 log = structlog.get_logger("batchyard.sweep")
 _NAME = re.compile(
     r"(?P<batch>[A-Za-z0-9._:-]{1,128}):(?P<attempt>\d{1,9})(?:#(?P<shard>\d{1,9}))?")
-_STATES = """
-SELECT f.name, f.attempt, j.state, b.status, b.attempt AS batch_attempt
-FROM unnest($1::text[], $2::text[], $3::int[], $4::int[]) AS f(name, batch_id, attempt, shard)
-LEFT JOIN batchyard.jobs j USING (batch_id, attempt, shard)
-LEFT JOIN batchyard.batches b USING (batch_id)
-"""
-
-
 class Candidate(NamedTuple):
     name: str
     batch_id: str
@@ -62,10 +54,9 @@ async def sweep_files(app: App) -> int:
              if (c := candidate(name, display)) is not None]
     if not found:
         return 0
-    async with db_errors():
-        states = await app.store.pool.fetch(
-            _STATES, [c.name for c in found], [c.batch_id for c in found],
-            [c.attempt for c in found], [c.shard for c in found])
+    states = await app.store.jobs.file_states(
+        [c.name for c in found], [c.batch_id for c in found], [c.attempt for c in found],
+        [c.shard for c in found])
     deleted = 0
     for r in states:
         if not orphaned(r["state"], r["status"], r["batch_attempt"], r["attempt"]):
@@ -81,18 +72,6 @@ async def sweep_files(app: App) -> int:
     return deleted
 
 
-# Only rows no message will settle: the batch has moved past their attempt (finished,
-# dead, or on a later attempt). A live attempt's rows belong to its submit and poll
-# messages; settling them here would race the poll that ingests the job's results.
-_STALE = """
-SELECT j.batch_id, j.attempt, j.shard, j.job_name, j.display_name, j.state,
-       j.created_at < now() - make_interval(secs => $2) AS abandoned
-FROM batchyard.jobs j LEFT JOIN batchyard.batches b USING (batch_id)
-WHERE j.state IN ('creating', 'pending', 'running')
-  AND j.created_at < now() - make_interval(secs => $1)
-  AND (b.batch_id IS NULL OR b.attempt <> j.attempt OR b.status <> ALL($4::text[]))
-ORDER BY j.created_at LIMIT $3
-"""
 RECONCILE_LIMIT = 200  # rows looked up per round: the API calls of one round are bounded
 # A creation no lookup finds is given up only after the longest an upload and a create
 # can take: until then it may still be under way in a pod.
@@ -103,10 +82,9 @@ async def reconcile_jobs(app: App) -> int:
     """Rows still counted as active for longer than a sweep interval although their
     attempt is over, checked with the API: a terminal, deleted (404) or never-created
     job gives its slot back. Returns how many rows changed."""
-    async with db_errors():
-        stale = await app.store.pool.fetch(_STALE, app.settings.file_sweep_interval,
-                                           max(CREATING_GRACE, app.settings.file_sweep_interval),
-                                           RECONCILE_LIMIT, list(LIVE))
+    stale = await app.store.jobs.stale(
+        app.settings.file_sweep_interval, max(CREATING_GRACE, app.settings.file_sweep_interval),
+        RECONCILE_LIMIT, LIVE)
     # Rows whose creation has no answer are looked up by name, in one walk of the listing.
     unnamed = {r["display_name"] for r in stale if not r["job_name"]}
     listed = await app.gemini.find_jobs(unnamed) if unnamed else {}

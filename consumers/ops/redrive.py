@@ -61,9 +61,7 @@ async def retry_failed(app: App, batch_id: str) -> str:
     if row is None or row["origin_seq"] is None:
         return await _publish_attempt(app, batch_id, [], "retried")
     inp = await load_input(app, int(row["origin_seq"]))
-    done = {r["item_id"] for r in await app.store.pool.fetch(
-        "SELECT item_id FROM batchyard.embeddings WHERE batch_id = $1 AND model = $2",
-        batch_id, inp.model)}
+    done = await app.store.embeddings.ids_of(batch_id, inp.model)
     missing = [item for item in inp.items if item.id not in done]
     if not missing:
         return f"batch {batch_id}: every item has its embedding, nothing to retry"

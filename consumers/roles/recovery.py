@@ -123,10 +123,7 @@ async def _replay_batch(app: App, msgs: list[Msg]) -> int:
         for stage, status in (("submit", "pending_submission"), ("poll", "submitted")):
             ids = [p.batch_id for _, p in parked if p.stage == stage]
             if ids:
-                await app.store.pool.execute(
-                    "UPDATE batchyard.batches SET status = $2, last_error = NULL, "
-                    "updated_at = now() WHERE batch_id = ANY($1) AND status = 'auth_failed'",
-                    ids, status)
+                await app.store.unpark(ids, status)
         failpoints.hit("replay.after_rows")
     except Exception as exc:  # unacked: redelivered after ack_wait, replayed then
         log.warning("replay.failed", error=repr(exc))

@@ -9,7 +9,9 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from consumers.errors import RetryableError
+from consumers.store.embeddings import Embeddings
+from consumers.store.errors import db_errors
+from consumers.store.jobs import Jobs
 from consumers.store.pgcopy import COLUMNS, encode_rows
 
 CLAIM_WAIT = 30.0  # a claim waits this long for a connection, then the message naks
@@ -26,23 +28,39 @@ ON CONFLICT (item_id, model) DO UPDATE
 SET batch_id = EXCLUDED.batch_id, dims = EXCLUDED.dims, embedding = EXCLUDED.embedding,
     task_type = EXCLUDED.task_type, text_sha256 = EXCLUDED.text_sha256, created_at = now()
 """
-
-
-@asynccontextmanager
-async def db_errors() -> AsyncIterator[None]:
-    """PostgreSQL outages are retryable; constraint violations are bugs and propagate."""
-    try:
-        yield
-    except (OSError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
-            asyncpg.ConnectionDoesNotExistError, asyncpg.TooManyConnectionsError,
-            asyncpg.AdminShutdownError, asyncpg.DeadlockDetectedError,
-            asyncpg.SerializationError, TimeoutError) as exc:
-        raise RetryableError(f"database: {type(exc).__name__}: {exc}") from None
+_PAST = """
+SELECT b.batch_id IS NULL OR b.status = ANY($3) OR b.attempt > o.attempt AS past
+FROM unnest($1::text[], $2::int[]) WITH ORDINALITY AS o(batch_id, attempt, n)
+LEFT JOIN batchyard.batches b USING (batch_id)
+ORDER BY o.n
+"""
 
 
 class Store:
     def __init__(self, pool: asyncpg.Pool):
         self.pool = pool
+        self.jobs = Jobs(pool)
+        self.embeddings = Embeddings(pool)
+
+    async def ping(self) -> bool:
+        return bool(await self.pool.fetchval("SELECT true"))
+
+    async def unpark(self, batch_ids: Sequence[str], status: str) -> None:
+        """Put parked batches back to `status` for their replay (only those still parked)."""
+        async with db_errors():
+            await self.pool.execute(
+                "UPDATE batchyard.batches SET status = $2, last_error = NULL, "
+                "updated_at = now() WHERE batch_id = ANY($1) AND status = 'auth_failed'",
+                list(batch_ids), status)
+
+    async def past(self, batch_ids: Sequence[str], attempts: Sequence[int],
+                   ) -> list[bool]:
+        """For each (batch, attempt): whether the batch is gone, finished, or on a later
+        attempt, so that nothing of that attempt is needed any more."""
+        async with db_errors():
+            rows = await self.pool.fetch(_PAST, list(batch_ids), list(attempts),
+                                         list(FINISHED))
+        return [bool(r["past"]) for r in rows]
 
     @asynccontextmanager
     async def claim(self, batch_id: str) -> AsyncIterator[bool]:
