@@ -9,7 +9,7 @@ from google.genai import errors
 
 from consumers.batch.results import check_vector
 from consumers.errors import AuthError, PermanentError, RetryableError
-from consumers.gemini.client import classify
+from consumers.gemini.classify import classify
 from consumers.runtime import BACKOFF, backoff
 
 INFO = "type.googleapis.com/google.rpc.ErrorInfo"

@@ -1,46 +1,27 @@
-"""The Gemini boundary: every call goes through here and every error is classified once.
-
-auth (CONTRACT §7) → AuthError; 429, 408, 5xx, timeouts, connection resets →
-RetryableError (with the server's RetryInfo delay when given); everything else →
-PermanentError. No other module looks at an error's text.
-"""
+"""The Gemini boundary: every call goes through here, and every error it meets is
+classified once (consumers/gemini/classify.py)."""
 
 from __future__ import annotations
 
 import io
 import json
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import aiohttp
 import msgspec
 import numpy as np
-import pydantic
 import simdjson
 from google import genai
 from google.genai import _transformers as genai_names
-from google.genai import errors as genai_errors
 from google.genai import types
 
 from consumers import logs, metrics, vectors
-from consumers.errors import AuthError, BatchyardError, PermanentError, RetryableError
+from consumers.errors import PermanentError
+from consumers.gemini.classify import classify, outcome
 from consumers.gemini.keys import KeySource
 from consumers.settings import Settings
-
-try:
-    import httpx2 as _httpx
-except ImportError:  # pragma: no cover - the SDK's transport ships with it
-    import httpx as _httpx  # type: ignore[no-redef]
-
-_KEY_REASONS = {"API_KEY_INVALID", "API_KEY_SERVICE_BLOCKED", "CONSUMER_SUSPENDED",
-                "SERVICE_DISABLED", "API_KEY_HTTP_REFERRER_BLOCKED", "API_KEY_IP_ADDRESS_BLOCKED"}
-# 403s without an ErrorInfo that are about the key rather than one resource.
-_KEY_403 = re.compile(r"API key|unregistered callers|Consumer .* has been suspended", re.I)
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)s$")
-_TRANSIENT = (TimeoutError, ConnectionError, aiohttp.ClientError, _httpx.TransportError)
 
 T = TypeVar("T")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "expired"})
@@ -81,53 +62,6 @@ class Job:
     @property
     def done(self) -> bool:
         return self.state in TERMINAL
-
-
-def _details(exc: genai_errors.APIError) -> list[dict[str, Any]]:
-    body = exc.details if isinstance(exc.details, dict) else {}
-    err = body.get("error") if isinstance(body.get("error"), dict) else {}
-    found = err.get("details") if isinstance(err, dict) else None
-    return [d for d in found if isinstance(d, dict)] if isinstance(found, list) else []
-
-
-def _retry_delay(details: list[dict[str, Any]]) -> float | None:
-    for d in details:
-        if str(d.get("@type", "")).endswith("RetryInfo"):
-            m = _DURATION.match(str(d.get("retryDelay", "")))
-            if m:
-                return float(m[1])
-    return None
-
-
-def classify(exc: BaseException) -> BatchyardError:
-    """Map any exception raised by a Gemini call to one of the three branches."""
-    if isinstance(exc, BatchyardError):
-        return exc
-    if isinstance(exc, genai_errors.APIError):
-        code, status = int(exc.code or 0), exc.status
-        message = logs.redact(str(exc.message or status or code))
-        details = _details(exc)
-        reasons = {str(d.get("reason")) for d in details
-                   if str(d.get("@type", "")).endswith("ErrorInfo")}
-        if code == 401 or (code == 400 and "API_KEY_INVALID" in reasons):
-            return AuthError(message, code=code, status=status)
-        if code == 403 and (reasons & _KEY_REASONS or (not reasons and _KEY_403.search(message))):
-            return AuthError(message, code=code, status=status)
-        if code == 429:
-            return RetryableError(message, delay=_retry_delay(details), quota=True,
-                                  code=code, status=status)
-        if code == 408 or code >= 500:
-            return RetryableError(message, delay=_retry_delay(details), code=code, status=status)
-        return PermanentError(message, code=code, status=status)
-    if isinstance(exc, _TRANSIENT):
-        return RetryableError(f"{type(exc).__name__}: {logs.redact(str(exc))}")
-    if isinstance(exc, pydantic.ValidationError):
-        return PermanentError(f"unexpected response shape: {exc.error_count()} errors")
-    return PermanentError(f"{type(exc).__name__}: {logs.redact(str(exc))}")
-
-
-def _outcome(err: BatchyardError) -> str:
-    return {AuthError: "auth", RetryableError: "retryable"}.get(type(err), "permanent")
 
 
 class Gemini:
@@ -173,7 +107,7 @@ class Gemini:
             yield
         except Exception as exc:
             err = classify(exc)
-            metrics.GEMINI_CALLS.labels(endpoint, _outcome(err)).inc()
+            metrics.GEMINI_CALLS.labels(endpoint, outcome(err)).inc()
             raise err from None
         metrics.GEMINI_CALLS.labels(endpoint, "ok").inc()
 
