@@ -75,10 +75,10 @@ class World:
         """Note that a fault is happening now (a drain is timed from the last one)."""
         self.last_fault = time.monotonic()
 
-    async def pods(self) -> None:
+    async def pods(self, **env: str) -> None:
         """Start two pods per role and wait until they are bound."""
         for roles in POD_ROLES:
-            await self.stack.pod(*roles)
+            await self.stack.pod(*roles, **env)
         await self.stack.started(timeout=120)
 
     def crashed(self) -> list[Pod]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -81,6 +82,8 @@ async def check_data(w: World, letters: list[Letter]) -> Violations:
         rows = await db.fetch("SELECT item_id, model, batch_id FROM batchyard.embeddings")
         batches = {r["batch_id"]: r["status"] for r in await db.fetch(
             "SELECT batch_id, status FROM batchyard.batches")}
+        active = await db.fetch("SELECT batch_id, attempt, shard, state FROM batchyard.jobs"
+                                " WHERE state IN ('creating', 'pending', 'running')")
     finally:
         await db.close()
     embedded = Counter((r["item_id"], r["model"]) for r in rows)
@@ -145,6 +148,11 @@ async def check_data(w: World, letters: list[Letter]) -> Violations:
         v.add(f"BATCH_PARKED still holds {parked} messages with a valid key back")
     resting = [f"{b}={s}" for b, s in batches.items() if s in ("submitting", "auth_failed")]
     v.add("batches resting in submitting or auth_failed", resting)
+    v.add("jobs rows still counted as active (an admission slot never given back)",
+          [f"{r['batch_id']}:{r['attempt']}#{r['shard']}={r['state']}" for r in active])
+    held, bound = w.figures.get("batch_submit_messages"), w.figures.get("batch_submit_bound")
+    if held is not None and bound is not None and held > bound:
+        v.add(f"BATCH holds {held} batch.submit messages while waiting (bound {bound})")
     return v
 
 
@@ -152,6 +160,10 @@ async def check_pods(w: World) -> Violations:
     """Every pod not killed on purpose is alive and stops with exit 0; no log holds a key."""
     v = Violations()
     crashed: list[str] = []
+    peaks = {pod.log.name: _peak_rss_mib(pod.proc.pid) for pod in w.live_pods()}
+    w.figures["peak_rss_mib"] = max(peaks.values(), default=0)
+    v.add(f"pods whose peak RSS passed {PEAK_RSS_MIB} MiB",
+          [f"{name}: {mib} MiB" for name, mib in peaks.items() if mib > PEAK_RSS_MIB])
     for pod in w.stack.pods:
         if pod.proc.pid in w.killed:
             continue
@@ -174,6 +186,20 @@ async def check_pods(w: World) -> Violations:
     w.figures["handler_crashes"] = sum(p.text().count('"handler.crashed"')
                                        for p in w.stack.pods)
     return v
+
+
+PEAK_RSS_MIB = 400  # a pod of every role at the chaos suite's batch sizes stays well under
+
+
+def _peak_rss_mib(pid: int) -> int:
+    """VmHWM of a live process: its peak resident set, in MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _tail(text: str) -> str:

@@ -13,13 +13,14 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 import msgspec
+from google import genai
 from nats.aio.msg import Msg
 
 from events import jetstream as defs
 from events import subjects
 from events.payloads import SubmitRequest, encode, encode_items_jsonl
 from tests.chaos import hostile
-from tests.chaos.env import World, consumer_numbers, wait
+from tests.chaos.env import POD_ROLES, World, consumer_numbers, subject_counts, wait
 from tests.chaos.invariant import FINAL
 from tests.chaos.ledger import Accepted, good_batch, publish_all, publish_good, publish_sure
 
@@ -369,6 +370,73 @@ async def duplicates(w: World) -> None:
     await drain(w)
 
 
+SHARDED = {"BATCHYARD_MAX_JOB_TOKENS": "4000"}  # a batch of 200 such items is 3 shards
+
+
+async def lost_creates(w: World) -> None:
+    """20% of accepted creates answer 503 after making the job; some batches shard."""
+    await w.emulator.set_faults(create_lost_rate=0.2)
+    await w.pods(**SHARDED)
+    reqs = _batches(w, "l", w.profile.batches)
+    reqs += [good_batch(f"lbig{i}", w.rng, 200, n=200) for i in range(3)]
+    await _publish(w, reqs)
+    await drain(w)
+    w.faults["lost_creates"] += (await w.emulator.state())["injected"].get("lost_create", 0)
+    await w.emulator.set_faults(job_pending_s=0.5, job_running_s=1.0)
+
+
+async def jobs_deleted(w: World) -> None:
+    """Jobs deleted through the API while they wait or run: their items go round."""
+    await w.emulator.set_faults(job_pending_s=1.0, job_running_s=3.0)
+    await w.pods(BATCHYARD_POLL_INTERVAL="1s", **SHARDED)
+    reqs = _batches(w, "j", w.profile.batches)
+    reqs += [good_batch(f"jbig{i}", w.rng, 200, n=200) for i in range(2)]
+    await _publish(w, reqs)
+    client = genai.Client(api_key=w.stack.key, http_options={"base_url": w.emulator.url})
+    for _ in range(max(3, len(reqs) // 8)):
+        await asyncio.sleep(1.0)
+        live = [j["name"] for j in (await w.emulator.state())["jobs"]
+                if j["state"] in ("BATCH_STATE_PENDING", "BATCH_STATE_RUNNING")]
+        if live:
+            await client.aio.batches.delete(name=w.rng.choice(live))
+            w.fault("job_deleted")
+    await drain(w)
+
+
+async def quota_wait(w: World) -> None:
+    """Admission full for the whole run (2 jobs at a time, 4 s each): the pods wait
+    without filling BATCH with held copies."""
+    await w.emulator.set_faults(job_pending_s=0.5, job_running_s=4.0)
+    await w.pods(BATCHYARD_MAX_ACTIVE_JOBS="2")
+    reqs = _batches(w, "q", w.profile.batches)
+    await _publish(w, reqs)
+    w.fault("admission_full")
+    await drain(w)
+    counts = await subject_counts(w.js, defs.BATCH)
+    # Each job that ends lets each waiting submit pod take one more look (a copy at most).
+    w.figures["batch_submit_messages"] = counts.get(subjects.SUBMIT, 0)
+    submit_pods = sum(1 for roles in POD_ROLES if "submit" in roles)
+    w.figures["batch_submit_bound"] = len(reqs) * (1 + submit_pods) + 20
+    await w.emulator.set_faults(job_pending_s=0.5, job_running_s=1.0)
+
+
+async def pg_down_drain(w: World) -> None:
+    """The key expires and batches park; PostgreSQL is down while the new key's drain runs."""
+    await w.pods()
+    await w.emulator.set_key(w.stack.key, "expired")
+    w.fault("key_expired")
+    reqs = _batches(w, "pd", w.profile.batches, max_items=20)
+    await _publish(w, reqs)
+    await w.until(lambda: _ge(_parked(w), len(reqs) // 2), 90)
+    await w.pg.stop()
+    w.fault("postgres_stop")
+    await _rotate(w, "AIzaSyChaosKeyAfterPgDown000000000000001")
+    await asyncio.sleep(15)  # the drain's first replays fail and back off
+    await w.pg.start()
+    w.mark()
+    await drain(w)
+
+
 SCENARIOS: dict[str, Callable[[World], Awaitable[None]]] = {
     "kill9": kill9,
     "nats_restart": nats_restart,
@@ -378,6 +446,10 @@ SCENARIOS: dict[str, Callable[[World], Awaitable[None]]] = {
     "emulator_faults": emulator_faults,
     "hostile_stream": hostile_stream,
     "duplicates": duplicates,
+    "lost_creates": lost_creates,
+    "jobs_deleted": jobs_deleted,
+    "quota_wait": quota_wait,
+    "pg_down_drain": pg_down_drain,
 }
 OPTIONS: dict[str, dict[str, object]] = {
     "cluster_node": {"cluster": True},
