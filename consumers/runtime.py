@@ -81,8 +81,9 @@ class Role(Protocol):
     name: str
     consumer: Consumer
 
-    async def ready(self) -> None:
-        """Return when the role may fetch (a closed gate or a bad key holds it)."""
+    async def ready(self) -> int | None:
+        """Return when the role may fetch (a closed gate or a bad key holds it): how many
+        messages it wants in flight at most now, or None for the runtime's concurrency."""
 
     async def handle(self, msg: Msg) -> Outcome:
         """Do the work; raise BatchyardError / InvalidMessage for the runtime to map."""
@@ -243,8 +244,17 @@ class _Loop:
                 self.freed.clear()
                 await self._wait(self.freed.wait())
                 continue
-            if not await self._wait(self.role.ready()):
+            ready = asyncio.ensure_future(self.role.ready())
+            if not await self._wait(ready):
                 break
+            # A ready() that failed (NATS away) does not hold the fetch: the pull fails too.
+            if not ready.cancelled() and ready.exception() is None \
+                    and (most := ready.result()) is not None:
+                room = min(room, most - len(self.inflight))
+                if room <= 0:  # as many in flight as the role wants now
+                    self.freed.clear()
+                    await self._wait(self.freed.wait())
+                    continue
             try:
                 ended = await pull.pull(room, self.rt.fetch_timeout)
             except ConnectionClosedError:

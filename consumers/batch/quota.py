@@ -44,6 +44,9 @@ class Quota:
         # for it to shrink (a job finishing), and when it last looked.
         self._full: tuple[tuple[int, int], float] | None = None
         self._full_checked = 0.0
+        # Until then this pod fetches one message at a time: room comes back a slot at a
+        # time, and a fetch of many would put all but one back as held copies.
+        self.careful_until = 0.0
 
     async def reserve(self, batch_id: str, attempt: int, display_name: str, items: int,
                       est_tokens: int, model: str, shard: int = 0) -> str | None:
@@ -153,6 +156,7 @@ class Quota:
             active = (0, 0)  # nothing to compare with: the cooldown alone ends the wait
         self._full = (active, time.monotonic() + self.settings.quota_cooldown)
         self._full_checked = time.monotonic()
+        self.careful_until = time.monotonic() + 2 * self.settings.quota_cooldown
 
     async def _room_wait(self) -> float:
         if self._full is None:

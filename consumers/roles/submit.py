@@ -44,13 +44,15 @@ class Submit:
     def __init__(self, app: App):
         self.app = app
 
-    async def ready(self) -> None:
-        """Hold off fetching while the quota gate is closed or this pod just held a message."""
+    async def ready(self) -> int | None:
+        """Hold off fetching while the quota gate is closed or this pod just held a message;
+        for a while after a wait for room, one message at a time."""
         # The gate lives in KV; a short bounded sleep re-reads it (the runtime races this
         # against shutdown).
         while (wait := await self.app.quota.wait_time()) > 0:
             await asyncio.sleep(nap := min(wait, 2.0))
             metrics.QUOTA_WAIT.inc(nap)
+        return 1 if time.monotonic() < self.app.quota.careful_until else None
 
     def retry_delay(self, msg: Msg, error: RetryableError) -> float:
         return backoff(msg.metadata.num_delivered, error.delay)
