@@ -174,6 +174,9 @@ async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     except MigrationError as exc:
         print(f"batchyard: {exc}", file=sys.stderr)
         return 1
+    except asyncpg.InsufficientPrivilegeError as exc:
+        print(f"batchyard: {exc} (migrations run as the owner role)", file=sys.stderr)
+        return 1
     finally:
         await conn.close()
     return 0
