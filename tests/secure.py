@@ -48,11 +48,11 @@ class AuthStack(Stack):
 
 @asynccontextmanager
 async def auth_stack(database_url: str, emulator: Any, key: str, tmp: Path,
-                     tls: ServerTls | None = None,
+                     server_tls: ServerTls | None = None,
                      **nats_options: Any) -> AsyncIterator[AuthStack]:
     """Servers provisioned by the operator user; pods get no user until given one."""
     users = passwords()
-    async with authorized_nats_server(users, tls) as server:
+    async with authorized_nats_server(users, server_tls) as server:
         s = AuthStack(natsd=server, database_url=database_url, emulator=emulator, key=key,
                       tmp=tmp, passwords=users, nats_options=nats_options)
         s.key_file.write_text(key + "\n")
