@@ -63,6 +63,7 @@ chaos: deps
 
 streams-export: venv
 	$(BIN)/batchyard streams export deploy/nats
+	$(BIN)/python -m events.permissions > deploy/nats/cluster/auth.conf
 
 # Re-lock to the newest versions the ranges allow, install them and run the tests; the
 # new uv.lock is then a deliberate commit.

@@ -111,12 +111,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"batchyard: bad setting: {exc}", file=sys.stderr)
         return 2
     handler = _HANDLERS[args.command]
+    from consumers.natsauth import StartupError
+
     try:
         factory = _loop_factory() if args.command == "run" else None
         with asyncio.Runner(loop_factory=factory) as runner:
             return runner.run(handler(settings, args))
     except KeyboardInterrupt:
         return 130
+    except StartupError as exc:
+        print(f"batchyard: {exc}", file=sys.stderr)
+        return 3
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -168,6 +173,9 @@ async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
             print(json.dumps(await migrator.status()))
     except MigrationError as exc:
         print(f"batchyard: {exc}", file=sys.stderr)
+        return 1
+    except asyncpg.InsufficientPrivilegeError as exc:
+        print(f"batchyard: {exc} (migrations run as the owner role)", file=sys.stderr)
         return 1
     finally:
         await conn.close()

@@ -6,9 +6,9 @@ import ssl
 from typing import Any
 
 import asyncpg
-import nats
 from nats.aio.client import Client as NATS
 
+from consumers import natsauth
 from consumers.settings import Settings
 
 
@@ -22,15 +22,9 @@ async def connect_nats(settings: Settings, name: str = "batchyard", **options: A
         "connect_timeout": 5,
         "allow_reconnect": True,
     }
-    if settings.nats_creds:
-        kwargs["user_credentials"] = settings.nats_creds
-    if settings.nats_user:
-        kwargs["user"] = settings.nats_user
-        kwargs["password"] = settings.nats_password or ""
-    if settings.nats_tls_ca:
-        kwargs["tls"] = ssl.create_default_context(cafile=settings.nats_tls_ca)
+    kwargs.update(natsauth.auth_options(settings))
     kwargs.update(options)
-    return await nats.connect(**kwargs)
+    return await natsauth.connect(kwargs)
 
 
 async def create_pool(settings: Settings, **options: Any) -> asyncpg.Pool:
@@ -43,6 +37,13 @@ async def create_pool(settings: Settings, **options: Any) -> asyncpg.Pool:
         "server_settings": {"application_name": "batchyard"},
     }
     kwargs.update(options)
-    pool = await asyncpg.create_pool(settings.database_url, **kwargs)
+    try:
+        pool = await asyncpg.create_pool(settings.database_url, **kwargs)
+    except asyncpg.InvalidAuthorizationSpecificationError as exc:
+        raise natsauth.StartupError(f"PostgreSQL refused the connection: {exc} "
+                                    "(check DATABASE_URL)") from None
+    except ssl.SSLError as exc:
+        raise natsauth.StartupError(f"PostgreSQL TLS failed: {exc} (check sslrootcert "
+                                    "in DATABASE_URL)") from None
     assert pool is not None
     return pool

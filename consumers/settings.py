@@ -100,6 +100,8 @@ VARS: tuple[Var, ...] = (
     Var("NATS_CREDS", "nats_creds", None, _text, "NATS credentials file"),
     Var("NATS_USER", "nats_user", None, _text, "NATS user (with NATS_PASSWORD)"),
     Var("NATS_PASSWORD", "nats_password", None, _text, "NATS password"),
+    Var("NATS_PASSWORD_FILE", "nats_password_file", None, _text,
+        "a file holding the NATS password (a mounted Secret; wins over NATS_PASSWORD)"),
     Var("NATS_TLS_CA", "nats_tls_ca", None, _text, "CA file for TLS to NATS"),
     Var("DATABASE_URL", "database_url", "postgresql://127.0.0.1:5432/batchyard",
         _url("postgresql", "postgres"), "PostgreSQL DSN"),
@@ -168,6 +170,7 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     nats_creds: str | None
     nats_user: str | None
     nats_password: str | None
+    nats_password_file: str | None
     nats_tls_ca: str | None
     database_url: str
     gemini_api_key: str | None

@@ -31,15 +31,20 @@ def server_binary() -> str:
 class NatsServer:
     """One nats-server process; `stop()` and `start()` again keep port and storage."""
 
-    def __init__(self, store_dir: Path, *, port: int = 0, args: tuple[str, ...] = ()) -> None:
+    def __init__(self, store_dir: Path, *, port: int = 0, args: tuple[str, ...] = (),
+                 config: Path | None = None, env: dict[str, str] | None = None,
+                 scheme: str = "nats") -> None:
         self.store_dir = store_dir
         self.port = port
         self.args = args
+        self.config = config  # a config file; the flags below override its listen and store
+        self.env = env
+        self.scheme = scheme
         self.proc: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -48,9 +53,11 @@ class NatsServer:
     async def start(self, timeout: float = 15.0) -> None:
         argv = [server_binary(), "-a", "127.0.0.1", "-p", str(self.port or -1),
                 "-js", "-sd", str(self.store_dir / "js"), *self.args]
+        if self.config:
+            argv[1:1] = ["-c", str(self.config)]
         with self.log_path.open("ab") as log:
             offset = log.tell()
-            self.proc = await _proc.spawn(argv, stderr=log.fileno())
+            self.proc = await _proc.spawn(argv, stderr=log.fileno(), env=self.env)
         try:
             async with asyncio.timeout(timeout):
                 while True:

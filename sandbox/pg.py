@@ -47,8 +47,9 @@ def _run_as() -> str | None:
 class PostgresServer:
     """One postgres process; `stop()` and `start()` again keep port and data."""
 
-    def __init__(self, root: Path, *, port: int = 0) -> None:
+    def __init__(self, root: Path, *, port: int = 0, options: tuple[str, ...] = ()) -> None:
         self.root = root
+        self.options = options  # extra `-c name=value` settings, e.g. ssl=on
         self.port = port or _proc.free_port()
         self.user = _run_as()
         self.proc: asyncio.subprocess.Process | None = None
@@ -79,6 +80,8 @@ class PostgresServer:
                 "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.root}",
                 "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
                 "-c", "max_connections=200"]
+        for option in self.options:
+            argv += ["-c", option]
         with open(log, "ab") as f:
             if self.user:
                 shutil.chown(log, self.user)
