@@ -12,7 +12,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 
-from consumers import provision
+from consumers.ops import provision
 from events.permissions import inbox_prefix
 from sandbox.natsauth import ServerTls, authorized_nats_server, passwords
 from tests.harness import Stack

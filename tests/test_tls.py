@@ -17,7 +17,7 @@ import nats
 import pytest
 import trustme
 
-from consumers.migrate import Migrator
+from consumers.store.migrate import Migrator
 from sandbox.natsauth import ServerTls
 from sandbox.pg import DATABASE, PostgresServer
 from tests.conftest import KEY
