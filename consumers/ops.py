@@ -11,7 +11,7 @@ from nats.js.errors import NotFoundError
 from rich.console import Console
 from rich.table import Table
 
-from consumers import recovery
+from consumers import costs, recovery
 from consumers.app import App
 from events import jetstream as defs
 from events import subjects
@@ -75,6 +75,7 @@ async def status(app: App) -> dict[str, Any]:
         "dead": (dead.state.subjects or {}).get(subjects.DEAD, 0),
         "consumers": consumers,
         "key": msgspec.to_builtins(health) if health else {"state": "unknown"},
+        "cost": await costs.totals(app),
     }
 
 
@@ -92,6 +93,7 @@ def print_status(data: dict[str, Any]) -> None:
           "progress": f"{q['requests_done']} / {q['requests']} requests"}, False,
          "Batch API quota", ["state", "until", "reason", "active_jobs", "enqueued_tokens",
                              "waiting", "progress"])
+    console.print(costs.summary(data["cost"]))
 
 
 async def batches(app: App, state: str | None, limit: int) -> list[dict[str, Any]]:
@@ -119,6 +121,7 @@ async def batch(app: App, batch_id: str) -> dict[str, Any] | None:
         for r in await app.store.pool.fetch(
             "SELECT * FROM batchyard.jobs WHERE batch_id = $1 ORDER BY attempt, shard",
             batch_id)]
+    out |= await costs.of_batch(app, batch_id, row["model"])
     return out
 
 
@@ -240,4 +243,5 @@ async def report_markdown(app: App) -> str:
               "|---|---|---:|---:|---|"]
     lines += [f"| {r['batch_id']} | {r['status']} | {r['items_total']} | {r['attempt'] + 1} | "
               f"{r['took']} |" for r in slow]
+    lines += costs.markdown(await costs.totals(app))
     return "\n".join(lines) + "\n"
