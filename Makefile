@@ -38,6 +38,16 @@ deps: venv
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
 	fi
+# promtool, for tests/test_observability.py: Debian ships it in `prometheus`, whose
+# server the tests do not need, so a service the package starts is stopped again.
+	@if command -v promtool >/dev/null 2>&1; then \
+	  echo "promtool: present"; \
+	else \
+	  echo "promtool: installing Debian's prometheus package"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus && \
+	  { ! command -v systemctl >/dev/null 2>&1 || $(SUDO) systemctl disable --now prometheus >/dev/null 2>&1 || true; }; \
+	fi
 
 lint: venv
 	$(BIN)/ruff check events consumers sandbox tests
