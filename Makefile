@@ -38,6 +38,33 @@ deps: venv
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
 	fi
+# promtool, for tests/test_observability.py: Debian ships it in `prometheus`, whose
+# server the tests do not need, so a service the package starts is stopped again.
+	@if command -v promtool >/dev/null 2>&1; then \
+	  echo "promtool: present"; \
+	else \
+	  echo "promtool: installing Debian's prometheus package"; \
+	  $(SUDO) apt-get update -qq && \
+	  { $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus && \
+	    { ! command -v systemctl >/dev/null 2>&1 || $(SUDO) systemctl disable --now prometheus >/dev/null 2>&1 || true; }; } || \
+	  echo "promtool: could not be installed; the tests that need it will skip and say so"; \
+	fi
+# Node.js and the reference AsyncAPI parser (tests/asyncapi, from its package-lock.json),
+# for tests/test_asyncapi.py.
+	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then \
+	  echo "node: $$(node --version) present"; \
+	else \
+	  echo "node: installing nodejs and npm"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm || \
+	  echo "node: could not be installed; the AsyncAPI parser check will skip and say so"; \
+	fi
+	@if [ tests/asyncapi/node_modules/.package-lock.json -nt tests/asyncapi/package-lock.json ]; then \
+	  echo "@asyncapi/parser: present"; \
+	elif command -v npm >/dev/null 2>&1; then \
+	  npm ci --prefix tests/asyncapi --no-audit --no-fund --loglevel=error || \
+	  echo "@asyncapi/parser: could not be installed; its check will skip and say so"; \
+	fi
 
 lint: venv
 	$(BIN)/ruff check events consumers sandbox tests
@@ -73,4 +100,4 @@ upgrade: | $(UV)
 	$(MAKE) test
 
 clean:
-	rm -rf $(VENV) .uv .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .uv .pytest_cache .mypy_cache .ruff_cache tests/asyncapi/node_modules

@@ -95,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     emulator.add_argument("args", nargs=argparse.REMAINDER)
 
     sub.add_parser("demo", help="the whole system on this machine")
+    asyncapi = sub.add_parser("asyncapi", help="print the event API as an AsyncAPI 3.0 document")
+    asyncapi.add_argument("--schemas", type=Path, metavar="DIR",
+                          help="also write each payload's JSON Schema into DIR")
     return parser
 
 
@@ -105,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return emulator_main(argv[1:])
     args = _parser().parse_args(argv)
+    if args.command == "asyncapi":  # needs no settings: it describes, connects to nothing
+        from events.asyncapi import write
+
+        return write(args.schemas)
     try:
         settings = Settings.from_env()
     except SettingsError as exc:

@@ -10,6 +10,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from consumers.app import App
+from consumers.gauges import Sampler
 
 
 @asynccontextmanager
@@ -18,6 +19,7 @@ async def serve(app: App, port: int, bound: Callable[[], bool]) -> AsyncIterator
     if port == 0:
         yield 0
         return
+    sampler = Sampler(app)
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
@@ -28,6 +30,7 @@ async def serve(app: App, port: int, bound: Callable[[], bool]) -> AsyncIterator
         return web.json_response(checks, status=200 if all(checks.values()) else 503)
 
     async def metrics(_: web.Request) -> web.Response:
+        await sampler.refresh()
         return web.Response(body=generate_latest(),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -26,6 +26,7 @@ from rich.table import Table
 from consumers.ops import provision
 from consumers.settings import Settings
 from consumers.store.migrate import Migrator
+from consumers.store.reports import Reports
 from events import jetstream as defs
 from events import subjects
 from events.payloads import Item, SubmitRequest
@@ -110,6 +111,7 @@ async def run_demo(settings: Settings) -> int:
 async def _drive(nc: Any, db: asyncpg.Connection, emu: Any, key_file: Path,
                  batches: list[SubmitRequest]) -> dict[str, Any]:
     js = nc.jetstream()
+    reports = Reports(db)
     total_items = sum(len(b.items or []) for b in batches)
     seen_parked: set[str] = set()
     expired = rotated = False
@@ -129,8 +131,7 @@ async def _drive(nc: Any, db: asyncpg.Connection, emu: Any, key_file: Path,
                 await asyncio.sleep(0.05)
         deadline = time.monotonic() + 150
         while time.monotonic() < deadline:
-            rows = await db.fetch("SELECT batch_id, status FROM batchyard.batches")
-            by = {r["batch_id"]: r["status"] for r in rows}
+            by = await reports.status_of()
             seen_parked |= {b for b, s in by.items() if s == "auth_failed"}
             parked = (await js.stream_info(defs.BATCH_PARKED)).state.messages
             if expired and not rotated and parked:
@@ -143,16 +144,14 @@ async def _drive(nc: Any, db: asyncpg.Connection, emu: Any, key_file: Path,
             progress.update(bars["parked"], completed=parked, total=max(len(seen_parked), 1))
             progress.update(bars["recovered"], total=max(len(seen_parked), 1), completed=sum(
                 by.get(b) in FINAL for b in seen_parked))
-            progress.update(embedded_bar, completed=await db.fetchval(
-                "SELECT count(*) FROM batchyard.embeddings"))
+            progress.update(embedded_bar, completed=await reports.embedded())
             if len(by) == len(batches) and all(s in FINAL for s in by.values()):
                 break
             await asyncio.sleep(0.5)
-    counts = {r["status"]: r["n"] for r in await db.fetch(
-        "SELECT status, count(*) AS n FROM batchyard.batches GROUP BY status")}
+    counts = await reports.statuses()
     state = await emu.state()
     return {"batches": counts, "items": total_items,
-            "embedded": await db.fetchval("SELECT count(*) FROM batchyard.embeddings"),
+            "embedded": await reports.embedded(),
             "parked": len(seen_parked), "jobs": len(state["jobs"]),
             "parked_now": (await js.stream_info(defs.BATCH_PARKED)).state.messages}
 

@@ -11,6 +11,7 @@ from nats.js.errors import NotFoundError
 from rich.console import Console
 from rich.table import Table
 
+from consumers import costs
 from consumers.app import App
 from consumers.ops import replay
 from events import jetstream as defs
@@ -38,8 +39,7 @@ def emit(data: Any, as_json: bool, title: str, columns: Sequence[str] | None = N
 
 async def status(app: App) -> dict[str, Any]:
     """Batches by status, parked and dead counts, consumer lag, key health."""
-    rows = await app.store.pool.fetch(
-        "SELECT status, count(*) AS n FROM batchyard.batches GROUP BY status ORDER BY status")
+    counts = await app.store.reports.statuses()
     parked = await app.js.stream_info(defs.BATCH_PARKED)
     dead = await app.js.stream_info(defs.BATCH, subjects_filter=subjects.DEAD)
     consumers = []
@@ -54,14 +54,8 @@ async def status(app: App) -> dict[str, Any]:
                           "redelivered": info.num_redelivered})
     health, _ = await app.guard.read()
     gate, _ = await app.quota.read()
-    active = await app.store.pool.fetchrow(
-        "SELECT count(*) AS jobs, coalesce(sum(est_tokens), 0) AS tokens,"
-        " coalesce(sum(items), 0) AS requests,"
-        " coalesce(sum(coalesce(requests_succeeded, 0) + coalesce(requests_failed, 0)), 0)"
-        " AS requests_done FROM batchyard.jobs"
-        " WHERE state IN ('creating', 'pending', 'running')")
-    waiting = await app.store.pool.fetchval(
-        "SELECT count(*) FROM batchyard.batches WHERE status = 'pending_submission'")
+    active = await app.store.reports.active()
+    waiting = await app.store.reports.waiting()
     s = app.settings
     return {
         "quota": {"gate": msgspec.to_builtins(gate) if gate else {"state": "open"},
@@ -70,11 +64,12 @@ async def status(app: App) -> dict[str, Any]:
                   "max_enqueued_tokens": s.max_enqueued_tokens or None,
                   "batches_waiting": waiting,
                   "requests_done": active["requests_done"], "requests": active["requests"]},
-        "batches": {r["status"]: r["n"] for r in rows},
+        "batches": counts,
         "parked": parked.state.messages,
         "dead": (dead.state.subjects or {}).get(subjects.DEAD, 0),
         "consumers": consumers,
         "key": msgspec.to_builtins(health) if health else {"state": "unknown"},
+        "cost": await costs.totals(app),
     }
 
 
@@ -92,17 +87,11 @@ def print_status(data: dict[str, Any]) -> None:
           "progress": f"{q['requests_done']} / {q['requests']} requests"}, False,
          "Batch API quota", ["state", "until", "reason", "active_jobs", "enqueued_tokens",
                              "waiting", "progress"])
+    console.print(costs.summary(data["cost"]))
 
 
 async def batches(app: App, state: str | None, limit: int) -> list[dict[str, Any]]:
-    sql = ("SELECT batch_id, status, model, attempt, items_total, items_embedded, items_failed,"
-           " job_name, updated_at FROM batchyard.batches")
-    args: list[Any] = []
-    if state:
-        sql += " WHERE status = $1"
-        args.append(state)
-    sql += f" ORDER BY updated_at DESC LIMIT {int(limit)}"
-    return [dict(r) for r in await app.store.pool.fetch(sql, *args)]
+    return await app.store.reports.batches(state, limit)
 
 
 async def batch(app: App, batch_id: str) -> dict[str, Any] | None:
@@ -110,15 +99,13 @@ async def batch(app: App, batch_id: str) -> dict[str, Any] | None:
     if row is None:
         return None
     out = dict(row)
-    out["embeddings_stored"] = await app.store.pool.fetchval(
-        "SELECT count(*) FROM batchyard.embeddings WHERE batch_id = $1", batch_id)
+    out["embeddings_stored"] = await app.store.reports.embedded(batch_id)
     out["jobs"] = [
         {**{k: r[k] for k in ("attempt", "shard", "state", "job_name", "items", "est_tokens",
                               "input_file", "requests_succeeded", "requests_failed",
                               "polled_at")}, "progress": _progress(r)}
-        for r in await app.store.pool.fetch(
-            "SELECT * FROM batchyard.jobs WHERE batch_id = $1 ORDER BY attempt, shard",
-            batch_id)]
+        for r in await app.store.reports.jobs_of(batch_id)]
+    out |= await costs.of_batch(app, batch_id, row["model"])
     return out
 
 
@@ -209,18 +196,8 @@ async def replay_dead(app: App, seq: int) -> str:
 
 async def report_markdown(app: App) -> str:
     """A run summary: counts by status, failures by reason, retries, the slowest batches."""
-    pool = app.store.pool
-    counts = await pool.fetch("SELECT status, count(*) AS n, sum(items_total) AS items, "
-                              "sum(items_embedded) AS embedded, sum(items_failed) AS failed "
-                              "FROM batchyard.batches GROUP BY status ORDER BY status")
-    attempts = await pool.fetch("SELECT attempt, count(*) AS n FROM batchyard.batches "
-                                "GROUP BY attempt ORDER BY attempt")
-    paths = await pool.fetch("SELECT coalesce(embed_path, '-') AS path, count(*) AS n, "
-                             "sum(job_failures) AS job_failures FROM batchyard.batches "
-                             "GROUP BY 1 ORDER BY 1")
-    slow = await pool.fetch(
-        "SELECT batch_id, status, items_total, attempt, completed_at - created_at AS took "
-        "FROM batchyard.batches WHERE completed_at IS NOT NULL ORDER BY took DESC LIMIT 10")
+    tables = await app.store.reports.run_summary()
+    counts, attempts, paths, slow = (tables[k] for k in ("counts", "attempts", "paths", "slow"))
     reasons: dict[tuple[str, str], int] = {}
     for d in await dead(app):
         key = (str(d.get("reason")), str(d.get("stage", "")))
@@ -240,4 +217,5 @@ async def report_markdown(app: App) -> str:
               "|---|---|---:|---:|---|"]
     lines += [f"| {r['batch_id']} | {r['status']} | {r['items_total']} | {r['attempt'] + 1} | "
               f"{r['took']} |" for r in slow]
+    lines += costs.markdown(await costs.totals(app))
     return "\n".join(lines) + "\n"

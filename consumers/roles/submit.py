@@ -13,7 +13,7 @@ import asyncpg
 import structlog
 from nats.aio.msg import Msg
 
-from consumers import failpoints, metrics
+from consumers import costs, failpoints, metrics
 from consumers.app import App, utcnow
 from consumers.batch import letters, reuse, shards
 from consumers.batch.finish import finish_attempt
@@ -231,7 +231,7 @@ class Submit:
             raise
         failpoints.hit("submit.after_create")
         await app.quota.created(batch_id, attempt, job.name, input_file, shard=shard)
-        metrics.TOKENS_SUBMITTED.labels("batch").inc(inp.est_tokens())
+        await costs.submitted(app, inp, "batch")
         await app.quota.succeeded()
         return job, input_file
 
@@ -277,7 +277,7 @@ class Submit:
         return job, file_name
 
     async def _online(self, msg: Msg, inp: Input) -> None:
-        metrics.TOKENS_SUBMITTED.labels("online").inc(inp.est_tokens())
+        await costs.submitted(self.app, inp, "online")
         ingest = await embed_online(self.app, inp)
         await self.app.store.update(inp.request.batch_id, {"attempt": inp.request.attempt},
                                     status="submitted", submitted_at=utcnow())

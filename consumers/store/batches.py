@@ -13,6 +13,7 @@ from consumers.store.embeddings import Embeddings
 from consumers.store.errors import db_errors
 from consumers.store.jobs import Jobs
 from consumers.store.pgcopy import COLUMNS, encode_rows
+from consumers.store.reports import Reports
 
 CLAIM_WAIT = 30.0  # a claim waits this long for a connection, then the message naks
 FINISHED = frozenset({"succeeded", "partial", "failed", "dead", "cancelled"})
@@ -41,6 +42,7 @@ class Store:
         self.pool = pool
         self.jobs = Jobs(pool)
         self.embeddings = Embeddings(pool)
+        self.reports = Reports(pool)
 
     async def ping(self) -> bool:
         return bool(await self.pool.fetchval("SELECT true"))
