@@ -99,7 +99,8 @@ async def test_an_items_object_is_read_as_its_bytes_say(nc: NATS) -> None:
     """Streamed in chunks, an object gives the items and errors reading it whole gives:
     lines across chunk boundaries, CRLF split between chunks, blank lines, a bad line."""
     store = await nc.jetstream().object_store(defs.BATCH_INPUTS)
-    app: Any = SimpleNamespace(inputs=store)
+    app: Any = SimpleNamespace(inputs=store,
+                               kept=await nc.jetstream().object_store(defs.BATCH_KEPT))
     chunk = 128 * 1024  # the object store's chunk size
     long = [Item(f"l{i}", "z" * 30_000) for i in range(20)]
     crlf = b'{"id": "a", "text": "t"}'
