@@ -157,6 +157,8 @@ VARS: tuple[Var, ...] = (
     Var("BATCHYARD_REUSE_EMBEDDINGS", "reuse_embeddings", "true", boolean,
         "copy a stored vector for a text already embedded (same model, dims, task type)"
         " instead of paying for it again"),
+    Var("BATCHYARD_PACK_WAIT", "pack_wait", "0", duration,
+        "small batches share one job, sealed this long after its first joined (0: off)"),
 )
 
 
@@ -199,6 +201,7 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     normalize: bool
     inline_max_items: int
     reuse_embeddings: bool
+    pack_wait: float
 
     def __repr__(self) -> str:
         hidden = {"gemini_api_key", "nats_password"}

@@ -104,11 +104,26 @@ class SubmitRequest(_Payload, frozen=True, kw_only=True):
             check_items(self.items)
 
 
+PackId = Annotated[str, Meta(pattern=r"^pk[0-9a-f]{32}\Z")]
+
+
 class PollRequest(_Payload, frozen=True, kw_only=True):
-    batch_id: Id
+    batch_id: Id | None = None
     job_name: JobName
     attempt: Attempt = 0
     shard: Count = 0
+    pack: PackId | None = None  # a pack's job (CONTRACT §12): batch_id is null
+
+    def __post_init__(self) -> None:
+        if (self.batch_id is None) == (self.pack is None):
+            raise ValueError("exactly one of batch_id or pack is required")
+
+    @property
+    def batch(self) -> str:
+        """The batch's id, for a poll that is not a pack's."""
+        if self.batch_id is None:
+            raise ValueError("a pack's poll has no batch_id")
+        return self.batch_id
 
 
 class ErrorDetail(Struct, frozen=True, kw_only=True):

@@ -49,3 +49,7 @@ def display_name(batch_id: str, attempt: int, shard: int = 0) -> str:
     """The Gemini job display_name for one attempt (and shard) of a batch."""
     base = f"{batch_id}:{attempt}"
     return f"{base}#{shard}" if shard else base
+
+
+def pack_poll_id(pack_id: str) -> str:
+    return f"poll:pack:{pack_id}"

@@ -19,7 +19,7 @@ log = structlog.get_logger("batchyard")
 async def finish_attempt(app: App, msg: Msg, inp: Input, attempt: int,
                          failures: dict[str, ErrorDetail], *, stage: str,
                          job_name: str | None, path: str | None,
-                         whole_job_failed: bool = False,
+                         whole_job_failed: bool = False, member: bool = False,
                          ) -> str:
     """Settle one attempt of a batch; returns the batch's new status.
 
@@ -55,7 +55,8 @@ async def finish_attempt(app: App, msg: Msg, inp: Input, attempt: int,
         return "pending_submission"
 
     if failed:
-        await _dead_items(app, msg, inp, failed, failures, attempt, whole_job_failed)
+        await _dead_items(app, msg, inp, failed, failures, attempt, whole_job_failed,
+                          batch_id if member else None)
     dead = len(failed)
     status = "succeeded" if not dead else ("failed" if embedded == 0 else "partial")
     now = utcnow()
@@ -79,14 +80,15 @@ async def finish_attempt(app: App, msg: Msg, inp: Input, attempt: int,
 
 async def _dead_items(app: App, msg: Msg, inp: Input, failed: list[Item],
                       failures: dict[str, ErrorDetail], attempt: int,
-                      whole_job_failed: bool) -> None:
+                      whole_job_failed: bool, member: str | None) -> None:
     replay = await next_attempt(app, inp, failed, attempt + 1)
     items = [DeadItem(id=item.id, error=failures[item.id]) for item in failed]
     reason = "job_failed" if whole_job_failed else "item_attempts_exhausted"
     first = failures[failed[0].id]
     await letters.dead_letter(
         app, msg, stage=msg.subject.removeprefix("batch."), reason=reason, error=first,
-        batch_id=inp.request.batch_id, payload=replay, items=items, attempts=attempt + 1)
+        batch_id=inp.request.batch_id, payload=replay, items=items, attempts=attempt + 1,
+        member=member)
     metrics.ITEMS.labels("dead").inc(len(failed))
 
 

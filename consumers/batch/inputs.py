@@ -74,6 +74,9 @@ class Input:
     items: list[Item]
     dups: dict[str, list[Item]] = field(default_factory=dict)
     shas: list[bytes] | None = None  # sha256 of each item's text, when already known
+    # A pack's (CONTRACT §12): item ids are `<batch_id>/<item_id>`, and results are
+    # written to each member batch under its own item ids.
+    routed: bool = False
 
     @property
     def all_items(self) -> list[Item]:

@@ -49,8 +49,8 @@ async def keep(app: App, msg: Msg, stage: Stage) -> None:
         owner = Owner(req.batch_id, req.attempt)
     else:
         poll = decode(msg.data, PollRequest)
-        owner = Owner(poll.batch_id, poll.attempt)
-        row = await app.store.get(poll.batch_id)
+        owner = Owner(poll.batch, poll.attempt)
+        row = await app.store.get(poll.batch)
         if row is None or row["input_seq"] is None:
             return
         seq = int(row["input_seq"])

@@ -55,15 +55,18 @@ def _attempt(payload: Any) -> int:
 async def dead_letter(app: App, msg: Msg, *, stage: str, reason: str,
                       error: ErrorDetail | None, batch_id: str | None = None,
                       payload: Any = None, items: list[DeadItem] | None = None,
-                      attempts: int | None = None) -> None:
-    """Publish one batch.dead for `msg` (id `dead:<seq>`), then count and log it once."""
+                      attempts: int | None = None, member: str | None = None) -> None:
+    """Publish one batch.dead for `msg` (id `dead:<seq>`; `dead:<seq>:<batch_id>` for a
+    `member` of a pack, whose one poll message settles several batches), then count and
+    log it once."""
     body = original(msg.data) if payload is None else payload
     seq = msg.metadata.sequence.stream
     dead = Dead(batch_id=batch_id if batch_id is not None else readable_batch_id(body),
                 stage=stage, reason=reason, error=error, subject=msg.subject, payload=body,
                 attempts=attempts if attempts is not None else msg.metadata.num_delivered,
                 dead_at=utcnow(), items=items)
-    await publish(app.js, subjects.DEAD, dead, subjects.dead_id(seq))
+    letter_id = subjects.dead_id(seq) + (f":{member}" if member else "")
+    await publish(app.js, subjects.DEAD, dead, letter_id)
     metrics.DEAD.labels(stage, reason).inc()
     log.warning("message.dead", reason=reason, error=error.message if error else None,
                 batch_id=dead.batch_id, items=len(items) if items else None)

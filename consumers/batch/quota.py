@@ -83,6 +83,14 @@ class Quota:
         await self.store.jobs.finished(
             batch_id, attempt, shard, state,
             msgspec.json.encode(failures).decode() if failures else None)
+        await self._job_ended()
+
+    async def pack_finished(self, pack_id: str, state: str) -> None:
+        """A pack's job is terminal: its one slot comes back (CONTRACT §12)."""
+        await self.store.packs.finished(pack_id, state)
+        await self._job_ended()
+
+    async def _job_ended(self) -> None:
         gate, revision = await self.read()
         if gate is not None and gate.state == "closed":
             opened = QuotaGate(state="open", reason="a job finished", checked_at=_now(),

@@ -120,8 +120,23 @@ class Ingest:
         rows, self.rows = self.rows, []
         shas, self.row_shas = self.row_shas, []
         # Rows are normalised as they are encoded: the one numpy pass over the flush.
-        await self.app.store.write_embeddings(self.model, self.batch_id, rows, self.normalize,
-                                              task_type=self.inp.request.task_type, shas=shas)
+        for batch_id, (part, part_shas) in self._by_batch(rows, shas).items():
+            await self.app.store.write_embeddings(
+                self.model, batch_id, part, self.normalize,
+                task_type=self.inp.request.task_type, shas=part_shas)
+
+    def _by_batch(self, rows: list[tuple[str, np.ndarray]], shas: list[bytes],
+                  ) -> dict[str, tuple[list[tuple[str, np.ndarray]], list[bytes]]]:
+        """Rows by the batch they belong to: a pack's keys name it, `<batch_id>/<id>`."""
+        if not self.inp.routed:
+            return {self.batch_id: (rows, shas)}
+        out: dict[str, tuple[list[tuple[str, np.ndarray]], list[bytes]]] = {}
+        for (key, vector), sha in zip(rows, shas, strict=True):
+            batch_id, _, item_id = key.partition("/")
+            part = out.setdefault(batch_id, ([], []))
+            part[0].append((item_id, vector))
+            part[1].append(sha)
+        return out
 
     async def feed(self, chunk: bytes) -> None:
         """Take the next chunk of a results file."""
@@ -208,7 +223,12 @@ class Ingest:
         kept = [n for n, r in enumerate(self.rows) if r[0] not in self.duplicated]
         self.rows = [self.rows[n] for n in kept]
         self.row_shas = [self.row_shas[n] for n in kept]
-        await self.app.store.delete_embeddings(self.model, self.batch_id, taken)
+        if self.inp.routed:
+            for key in taken:
+                batch_id, _, item_id = key.partition("/")
+                await self.app.store.delete_embeddings(self.model, batch_id, [item_id])
+        else:
+            await self.app.store.delete_embeddings(self.model, self.batch_id, taken)
         for key in self.duplicated:
             self.failures[key] = ErrorDetail(status="RESULT_MISSING",
                                              message="more than one result for this item")

@@ -13,7 +13,7 @@ import structlog
 from nats.aio.msg import Msg
 
 from consumers.app import App, utcnow
-from consumers.batch import letters, reuse, shards
+from consumers.batch import letters, packing, reuse, shards
 from consumers.batch.finish import finish_attempt
 from consumers.batch.inputs import Input
 from consumers.batch.results import ingest_file, ingest_inline
@@ -51,10 +51,12 @@ class Poll:
             return await self._handle(msg, req)
 
     async def _handle(self, msg: Msg, req: PollRequest) -> Outcome:
+        if req.pack is not None:
+            return await self._pack(msg, req, req.pack)
         if req.shard:
             return await self._shard(msg, req)
         app = self.app
-        row = await app.store.get(req.batch_id)
+        row = await app.store.get(req.batch)
         if (row is None or row["attempt"] != req.attempt or row["job_name"] != req.job_name
                 or row["status"] not in ("submitted", "auth_failed")):
             log.info("poll.skipped", reason="not this attempt's running job",
@@ -62,20 +64,20 @@ class Poll:
             return ACK
         polled = await app.gemini.get_job(req.job_name)
         if not polled.done:
-            await app.quota.progress(req.batch_id, req.attempt, polled)
+            await app.quota.progress(req.batch, req.attempt, polled)
         if row["status"] == "auth_failed":
             # Parked at this stage and replayed (or redelivered) before the row moved back.
-            await app.store.update(req.batch_id, {"attempt": req.attempt,
+            await app.store.update(req.batch, {"attempt": req.attempt,
                                                   "status": "auth_failed"}, status="submitted")
         if (job := await self._finished(polled, row["submitted_at"])) is None:
             return nak(app.settings.poll_interval, "waiting")
-        async with app.store.claim(req.batch_id) as claimed:
+        async with app.store.claim(req.batch) as claimed:
             if not claimed:
                 return nak(app.settings.poll_interval, "busy")
-            row = await app.store.get(req.batch_id)
+            row = await app.store.get(req.batch)
             if row is None or row["attempt"] != req.attempt or row["status"] != "submitted":
                 return ACK
-            await app.quota.finished(req.batch_id, req.attempt, job.state)
+            await app.quota.finished(req.batch, req.attempt, job.state)
             inp = await reuse.load(app, row)
             failures, whole = await self._results(job, inp)
             await finish_attempt(app, msg, inp, req.attempt, failures, stage="poll",
@@ -86,7 +88,7 @@ class Poll:
 
     async def _shard(self, msg: Msg, req: PollRequest) -> Outcome:
         """One shard's job: settle it alone, and the attempt once all its shards are."""
-        app, batch_id, k = self.app, req.batch_id, req.shard
+        app, batch_id, k = self.app, req.batch, req.shard
         row = await app.store.get(batch_id)
         recorded = await shards.rows(app, batch_id, req.attempt)
         mine = next((r for r in recorded if r["shard"] == k), None)
@@ -122,6 +124,55 @@ class Poll:
         if mine["input_file"]:
             await forget_file(app, mine["input_file"])
         return ACK
+
+    async def _pack(self, msg: Msg, req: PollRequest, pack_id: str) -> Outcome:
+        """A pack's job: when it ends, each member finishes as if it had been its own."""
+        app = self.app
+        pack = await app.store.packs.get(pack_id)
+        if pack is None or pack["job_name"] != req.job_name:
+            log.info("poll.skipped", reason="not this pack's job")
+            return ACK
+        polled = await app.gemini.get_job(req.job_name)
+        if not polled.done:
+            await app.store.packs.progress(pack_id, polled.state)
+        if (job := await self._finished(polled, pack["sealed_at"])) is None:
+            return nak(app.settings.poll_interval, "waiting")
+        async with app.store.claim(f"pack:{pack_id}") as claimed:
+            if not claimed:
+                return nak(app.settings.poll_interval, "busy")
+            await app.quota.pack_finished(pack_id, job.state)
+            # A redelivery finds the members it settled already moved on.
+            found = [m for m in await packing.members(app, pack_id)
+                     if m.status == "submitted" and m.job_name == job.name]
+            if found:
+                failures, whole = await self._results(job, packing.combined(found))
+                for m in found:
+                    await finish_attempt(app, msg, m.inp, m.attempt,
+                                         packing.split(failures, m.batch_id), stage="poll",
+                                         job_name=job.name, path="batch",
+                                         whole_job_failed=whole, member=True)
+        if pack["input_file"]:
+            await forget_file(app, pack["input_file"])
+        return ACK
+
+    async def _fail_pack(self, msg: Msg, req: PollRequest, pack_id: str,
+                         error: PermanentError | RetryableError) -> Outcome:
+        """A pack's job that cannot be polled (deleted, refused): every member's attempt
+        fails whole and goes round, and the pack's slot comes back."""
+        app = self.app
+        log.warning("pack.failed", pack=pack_id, error=error.message)
+        failed = Job(name=req.job_name, display_name=f"pack:{pack_id}", state="failed")
+        async with app.store.claim(f"pack:{pack_id}") as claimed:
+            if not claimed:
+                return nak(app.settings.poll_interval, "busy")
+            await app.quota.pack_finished(pack_id, "failed")
+            for m in await packing.members(app, pack_id):
+                if m.status == "submitted" and m.job_name == req.job_name:
+                    failures, _ = await self._results(failed, m.inp)
+                    await finish_attempt(app, msg, m.inp, m.attempt, failures, stage="poll",
+                                         job_name=req.job_name, path="batch",
+                                         whole_job_failed=True, member=True)
+        return Outcome(ACK.action, label="pack_failed")
 
     async def _finished(self, job: Job, since: datetime | None) -> Job | None:
         """The job once it is over; None while it may still run. One unfinished after
@@ -162,6 +213,8 @@ class Poll:
                      ) -> Outcome:
         if not isinstance(error, InvalidMessage):
             req = decode(msg.data, PollRequest)
+            if req.pack is not None:
+                return await self._fail_pack(msg, req, req.pack, error)
             if req.shard and (failed := await self._fail_shard(msg, req, error)) is not None:
                 return failed
         reason = await letters.reject(self.app, msg, error, stage="poll",
@@ -170,7 +223,7 @@ class Poll:
             # The job will not be polled again: its slot comes back now (the sweep's
             # reconcile would find it later).
             req = decode(msg.data, PollRequest)
-            await self.app.quota.finished(req.batch_id, req.attempt, "failed", req.shard)
+            await self.app.quota.finished(req.batch, req.attempt, "failed", req.shard)
         return term(reason)
 
     async def _fail_shard(self, msg: Msg, req: PollRequest,
@@ -179,7 +232,7 @@ class Poll:
         whole, as a failed job does: its items go round with the attempt's others, and
         its siblings run on, their slots and paid results kept. None when that cannot be
         done (the attempt is over, its input unreadable): dead-letter."""
-        app, batch_id, k = self.app, req.batch_id, req.shard
+        app, batch_id, k = self.app, req.batch, req.shard
         try:
             async with app.store.claim(batch_id) as claimed:
                 if not claimed:  # a sibling settling, or the submit still creating shards
@@ -205,6 +258,11 @@ class Poll:
 
     async def park(self, msg: Msg, error: AuthError) -> Outcome:
         req = decode(msg.data, PollRequest)
-        await letters.park(self.app, msg, stage="poll", batch_id=req.batch_id,
+        if req.pack is not None:
+            # A pack's poll waits for a valid key on its own message (the poll consumer
+            # has no delivery limit); its members stay submitted.
+            log.warning("pack.waiting_for_key", pack=req.pack, error=error.message)
+            return nak(self.app.settings.poll_interval, "auth")
+        await letters.park(self.app, msg, stage="poll", batch_id=req.batch,
                            attempt=req.attempt, error=error)
         return ACK

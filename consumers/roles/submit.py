@@ -12,27 +12,29 @@ import time
 import asyncpg
 import structlog
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 
 from consumers import costs, failpoints, metrics
 from consumers.app import App, utcnow
-from consumers.batch import letters, reuse, shards
+from consumers.batch import letters, packing, reuse, shards
 from consumers.batch.finish import finish_attempt
 from consumers.batch.inputs import INLINE_MAX_BYTES, Input, load_items
 from consumers.batch.online import embed_online
 from consumers.batch.sweep import forget_file
-from consumers.errors import AuthError, PermanentError, RetryableError
+from consumers.errors import AuthError, BatchyardError, PermanentError, RetryableError
 from consumers.gemini.client import TERMINAL, Job
 from consumers.runtime import ACK, Outcome, backoff, nak, term
 from consumers.store.batches import FINISHED
 from events import jetstream as defs
 from events import subjects
 from events.payloads import InvalidMessage, Item, PollRequest, SubmitRequest, decode
-from events.publisher import publish
+from events.publisher import PublishError, publish
 
 log = structlog.get_logger("batchyard.submit")
 BUSY_DELAY = 5.0
 HOLD_PAUSE = 2.0  # after a hold, this pod fetches again no sooner than this
 RUNNING = ("submitting", "submitted")
+SEAL_EVERY = 0.5  # seconds between the sealer's looks for packs due
 FALLBACK_AFTER = 2  # whole-job failures on the Batch API side before going online
 HELD = Outcome(ACK.action, label="held")
 
@@ -53,6 +55,68 @@ class Submit:
             await asyncio.sleep(nap := min(wait, 2.0))
             metrics.QUOTA_WAIT.inc(nap)
         return 1 if time.monotonic() < self.app.quota.careful_until else None
+
+    async def background(self) -> None:
+        """The sealer: packs that are full or have waited long enough get their job."""
+        if not self.app.settings.pack_wait:
+            return
+        while True:
+            await asyncio.sleep(SEAL_EVERY)
+            try:
+                for pack_id in await self.app.store.packs.due(self.app.settings.pack_wait,
+                                                              SEAL_EVERY * 4):
+                    await self._seal(pack_id)
+            except (BatchyardError, PublishError, NatsError, TimeoutError) as exc:
+                log.warning("pack.seal_failed", error=repr(exc))
+
+    async def _seal(self, pack_id: str) -> None:
+        """Take the pack's slot and create its job once (a retry adopts the job a lost
+        answer made), then hand it to poll. Waits, without calling, while the key is bad,
+        the gate is closed or there is no room."""
+        app = self.app
+        async with app.store.claim(f"pack:{pack_id}") as claimed:
+            if not claimed or not app.guard.usable(app.keys.fingerprint):
+                return
+            s = app.settings
+            admitted = await app.store.packs.admit(pack_id, s.max_active_jobs,
+                                                   s.max_enqueued_tokens)
+            if admitted is None:
+                return
+            adopt = admitted == "again"
+            if not adopt and not await app.quota.may_create():
+                await app.store.packs.release(pack_id)
+                return
+            found = await packing.members(app, pack_id)
+            if not found:
+                await app.store.packs.finished(pack_id, "cancelled")
+                return
+            inp = packing.combined(found)
+            with structlog.contextvars.bound_contextvars(pack=pack_id):
+                try:
+                    job, input_file = await self._create(inp, f"pack:{pack_id}", adopt=adopt)
+                except RetryableError as exc:
+                    if exc.quota:
+                        await app.store.packs.release(pack_id)
+                        await app.quota.close(exc.delay, exc.message)
+                    return  # else the job may exist: the next round adopts it
+                except AuthError:
+                    await app.store.packs.release(pack_id)  # the key guard holds it now
+                    return
+                except PermanentError as exc:
+                    await packing.refused(app, pack_id, found, exc)
+                    return
+                await app.store.packs.created(pack_id, job.name, input_file)
+                await costs.submitted(app, inp, "batch")
+                await app.quota.succeeded()
+                for m in found:
+                    await app.store.update(
+                        m.batch_id, {"attempt": m.attempt, "status": "submitting"},
+                        status="submitted", job_name=job.name, input_file=input_file,
+                        submitted_at=utcnow(), last_error=None)
+                poll = PollRequest(pack=pack_id, job_name=job.name)
+                await publish(app.js, subjects.POLL, poll, subjects.pack_poll_id(pack_id))
+                log.info("pack.submitted", job_name=job.name, batches=len(found),
+                         items=len(inp.items))
 
     def retry_delay(self, msg: Msg, error: RetryableError) -> float:
         return backoff(msg.metadata.num_delivered, error.delay)
@@ -98,6 +162,9 @@ class Submit:
                 if fallback:
                     log.info("batch.fallback_online", job_failures=row["job_failures"])
                 await self._online(msg, inp)
+                return ACK
+            if packing.eligible(app, inp, alone=row["job_failures"] > 0):
+                await packing.join(app, inp)  # the sealer creates the pack's job
                 return ACK
             parts, recorded = await shards.plan(app, inp)
             if parts:
@@ -153,8 +220,10 @@ class Submit:
             log.info("submit.waiting", reason="an earlier attempt is running", status=status)
             return await self._busy(msg)
         if attempt == req.attempt and status == "submitted" and row["job_name"]:
-            # The job exists: the poll hand-off may have been lost in a crash.
-            await self._hand_to_poll(req.batch_id, attempt, row["job_name"])
+            # The job exists: the poll hand-off may have been lost in a crash (a pack's
+            # is the sealer's to make).
+            if not await self.app.store.packs.pack_of(req.batch_id, attempt):
+                await self._hand_to_poll(req.batch_id, attempt, row["job_name"])
             return ACK
         return None
 

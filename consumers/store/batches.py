@@ -12,6 +12,7 @@ import numpy as np
 from consumers.store.embeddings import Embeddings
 from consumers.store.errors import db_errors
 from consumers.store.jobs import Jobs
+from consumers.store.packs import Packs
 from consumers.store.pgcopy import COLUMNS, encode_rows
 from consumers.store.reports import Reports
 
@@ -43,6 +44,7 @@ class Store:
         self.jobs = Jobs(pool)
         self.embeddings = Embeddings(pool)
         self.reports = Reports(pool)
+        self.packs = Packs(pool)
 
     async def ping(self) -> bool:
         return bool(await self.pool.fetchval("SELECT true"))

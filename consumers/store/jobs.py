@@ -19,9 +19,15 @@ _ADMIT = """
 WITH active AS (
     SELECT count(*) AS jobs,
            coalesce(sum(est_tokens) FILTER (WHERE model = $7), 0) AS tokens
-    FROM batchyard.jobs j JOIN batchyard.batches b USING (batch_id)
-    -- a creation counts until it is known not to exist: the sweep reconciles it
-    WHERE j.state IN ('creating', 'pending', 'running')
+    FROM (
+        SELECT b.model, j.est_tokens
+        FROM batchyard.jobs j JOIN batchyard.batches b USING (batch_id)
+        -- a creation counts until it is known not to exist: the sweep reconciles it
+        WHERE j.state IN ('creating', 'pending', 'running')
+        UNION ALL  -- a pack is one job, one slot (CONTRACT §12)
+        SELECT model, est_tokens FROM batchyard.packs
+        WHERE state IN ('creating', 'pending', 'running')
+    ) a
 )
 INSERT INTO batchyard.jobs (batch_id, attempt, shard, display_name, state, items, est_tokens)
 SELECT $1, $2, $9::integer, $3, 'creating', $4, $5::bigint FROM active
@@ -119,8 +125,11 @@ class Jobs:
         """Jobs counted as active, and their estimated tokens."""
         async with db_errors():
             row = await self.pool.fetchrow(
-                "SELECT count(*) AS jobs, coalesce(sum(est_tokens), 0) AS tokens"
-                " FROM batchyard.jobs WHERE state IN ('creating', 'pending', 'running')")
+                "SELECT count(*) AS jobs, coalesce(sum(est_tokens), 0) AS tokens FROM ("
+                " SELECT est_tokens FROM batchyard.jobs"
+                " WHERE state IN ('creating', 'pending', 'running') UNION ALL"
+                " SELECT est_tokens FROM batchyard.packs"
+                " WHERE state IN ('creating', 'pending', 'running')) a")
         return int(row["jobs"]), int(row["tokens"])
 
     async def of_attempt(self, batch_id: str, attempt: int) -> list[asyncpg.Record]:

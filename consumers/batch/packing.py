@@ -1,0 +1,115 @@
+"""Packing (CONTRACT §12): small batches share one job, so that the Batch API's job
+count carries tokens rather than batches.
+
+A small batch joins the open pack of its model, dims and task type, recorded in
+PostgreSQL, and its message is acked. A pack is sealed when the next batch would not fit
+or BATCHYARD_PACK_WAIT after it opened; the submit role's sealer then takes one slot,
+creates one job whose requests are keyed `<batch_id>/<item_id>`, and hands it to poll
+as one `batch.poll` carrying `pack`. When the job ends each member finishes as if the
+job had been its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from nats.js.errors import NotFoundError
+
+from consumers.app import App
+from consumers.batch import kept, reuse
+from consumers.batch.inputs import Input
+from consumers.errors import PermanentError
+from events import jetstream as defs
+from events import subjects
+from events.payloads import ErrorDetail, Item, SubmitRequest
+from events.publisher import publish
+
+log = structlog.get_logger("batchyard.packing")
+# The Batch API's own bound on requests in one job is far above this; the bound keeps one
+# pack's input, held whole while its job is created, within a pod's memory.
+MAX_PACK_ITEMS = 100_000
+LIVE = ("submitting", "submitted", "auth_failed")
+
+
+@dataclass(frozen=True)
+class Member:
+    batch_id: str
+    attempt: int
+    inp: Input  # the attempt as sent
+    status: str
+    job_name: str | None
+
+
+def eligible(app: App, inp: Input, *, alone: bool) -> bool:
+    """A batch for the Batch API estimated at most half a job (larger ones go alone, and
+    so does one whose job failed whole before: another member may have been the cause)."""
+    s = app.settings
+    return (s.pack_wait > 0 and not alone and len(inp.items) > s.online_threshold
+            and 2 * inp.est_tokens() <= s.max_job_tokens)
+
+
+async def join(app: App, inp: Input) -> str:
+    req = inp.request
+    pack_id = await app.store.packs.join(
+        req.batch_id, req.attempt, inp.model, inp.dims, req.task_type, len(inp.items),
+        inp.est_tokens(), app.settings.max_job_tokens, MAX_PACK_ITEMS)
+    log.info("pack.joined", pack=pack_id, items=len(inp.items))
+    return pack_id
+
+
+async def members(app: App, pack_id: str) -> list[Member]:
+    """The pack's members still on the attempt they joined with (a batch re-driven or
+    cancelled meanwhile is left out)."""
+    out = []
+    for m in await app.store.packs.members(pack_id):
+        row = await app.store.get(m["batch_id"])
+        if row is None or row["attempt"] != m["attempt"] or row["status"] not in LIVE:
+            continue
+        out.append(Member(m["batch_id"], m["attempt"], await reuse.load(app, row),
+                          row["status"], row["job_name"]))
+    return out
+
+
+def combined(found: list[Member]) -> Input:
+    """One Input of every member's items, keyed `<batch_id>/<item_id>`."""
+    first = found[0].inp.request
+    items: list[Item] = []
+    shas: list[bytes] = []
+    for m in found:
+        items += [Item(f"{m.batch_id}/{i.id}", i.text) for i in m.inp.items]
+        shas += m.inp.text_shas
+    # items_object stands in for the items: a pack may hold more than a message allows.
+    req = SubmitRequest(batch_id=found[0].batch_id, items_object="pack", model=first.model,
+                        task_type=first.task_type,
+                        output_dimensionality=first.output_dimensionality)
+    return Input(req, items, shas=shas, routed=True)
+
+
+def split(failures: dict[str, ErrorDetail], batch_id: str) -> dict[str, ErrorDetail]:
+    """One member's failures, under its own item ids."""
+    prefix = batch_id + "/"
+    return {k[len(prefix):]: v for k, v in failures.items() if k.startswith(prefix)}
+
+
+async def refused(app: App, pack_id: str, found: list[Member], error: PermanentError) -> None:
+    """The Batch API refuses the pack's job: each member goes round on its own (its
+    job_failures counted), from its own batch.submit message."""
+    log.warning("pack.refused", pack=pack_id, error=error.message)
+    await app.store.packs.finished(pack_id, "failed")
+    for m in found:
+        row = await app.store.get(m.batch_id)
+        if row is None or row["attempt"] != m.attempt or row["input_seq"] is None:
+            continue
+        seq = int(row["input_seq"])
+        try:
+            data = (await app.js.get_msg(defs.BATCH, seq)).data or b""
+        except NotFoundError:
+            if (copy := await kept.message(app, seq)) is None:
+                log.error("pack.member_lost", batch_id=m.batch_id, seq=seq)
+                continue
+            data = copy
+        await app.store.update(m.batch_id, {"attempt": m.attempt, "status": "submitting"},
+                               status="pending_submission", last_error=error.message,
+                               job_failures=int(row["job_failures"]) + 1)
+        await publish(app.js, subjects.SUBMIT, data, f"unpacked:{pack_id}:{m.batch_id}")

@@ -1,0 +1,203 @@
+"""Packing (CONTRACT §12) over the real servers: small batches share one job, and every
+member finishes as if the job had been its own."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from events import subjects
+from events.payloads import DEFAULT_MODEL, Completed, Dead, Item, SubmitRequest
+from sandbox.emulator import embed
+from tests.harness import Stack, batch, stream_messages, submit, wait_finished, wait_for
+
+PACK = {"BATCHYARD_PACK_WAIT": "1s"}
+
+
+def _packs(state: dict[str, Any]) -> list[dict[str, Any]]:
+    return [j for j in state["jobs"] if (j["display_name"] or "").startswith("pack:")]
+
+
+async def _completed(stack: Stack) -> dict[str, Completed]:
+    nc = await stack.nc()
+    try:
+        return {c.batch_id: c for c in (msgspec.json.decode(m, type=Completed)
+                                        for m in await stream_messages(nc, subjects.COMPLETED))}
+    finally:
+        await nc.close()
+
+
+async def test_small_batches_share_one_job_and_finish_as_their_own(stack: Stack) -> None:
+    await stack.pod("submit", "poll", **PACK)
+    nc = await stack.nc()
+    reqs = [batch(f"s{n}", 20 + n, output_dimensionality=768) for n in range(12)]
+    for req in reqs:
+        await submit(nc, req)
+    assert await wait_finished(stack, len(reqs)) == {"succeeded": len(reqs)}
+    state = await stack.emulator.state()
+    packs = _packs(state)
+    assert len(state["jobs"]) == len(packs) == 1, state["jobs"]
+    assert packs[0]["request_count"] == sum(len(r.items or []) for r in reqs)
+    done = await _completed(stack)
+    db = await stack.db()
+    for req in reqs:
+        c = done[req.batch_id]
+        assert c.job_name == packs[0]["name"] and c.items_embedded == len(req.items or [])
+        rows = await db.fetch("SELECT item_id, embedding FROM batchyard.embeddings"
+                              " WHERE batch_id = $1", req.batch_id)
+        texts = {i.id: i.text for i in req.items or []}
+        assert {r["item_id"] for r in rows} == set(texts)
+        for r in rows:  # each vector is its own text's, in direction and at unit length
+            got = np.asarray(r["embedding"])
+            want = np.asarray(embed.vector(DEFAULT_MODEL, texts[r["item_id"]], 768))
+            assert abs(float(got @ want) / float(np.linalg.norm(want)) - 1) < 1e-3
+    pack = await db.fetchrow("SELECT * FROM batchyard.packs")
+    assert pack["state"] == "succeeded" and pack["display_name"] == packs[0]["display_name"]
+    assert await db.fetchval("SELECT count(*) FROM batchyard.pack_members") == len(reqs)
+    await db.close()
+    await nc.close()
+
+
+async def test_a_lone_batch_waits_no_longer_than_the_pack_wait(stack: Stack) -> None:
+    await stack.pod("submit", "poll", BATCHYARD_PACK_WAIT="3s")
+    await stack.started()
+    nc = await stack.nc()
+    start = time.monotonic()
+    await submit(nc, batch("lone", 30))
+    assert await wait_finished(stack, 1) == {"succeeded": 1}
+    took = time.monotonic() - start
+    assert 3 <= took < 3 + 10, took  # sealed by its wait, then one short job
+    assert len(_packs(await stack.emulator.state())) == 1
+    await nc.close()
+
+
+async def test_packs_are_sealed_at_the_job_token_bound(stack: Stack) -> None:
+    # 40 batches of about 300 tokens, at most 2,000 tokens a job: several packs, none over.
+    await stack.pod("submit", "poll", BATCHYARD_PACK_WAIT="5s", BATCHYARD_MAX_JOB_TOKENS="2000")
+    nc = await stack.nc()
+    for n in range(40):
+        await submit(nc, batch(f"t{n}", 30))
+    assert await wait_finished(stack, 40) == {"succeeded": 40}
+    packs = _packs(await stack.emulator.state())
+    sizes = sorted(p["est_tokens"] for p in packs)
+    one = max(sizes) // 5  # no batch is bigger than a fifth of the largest pack here
+    assert sum(p["request_count"] for p in packs) == 40 * 30
+    assert all(s <= 2000 for s in sizes), sizes
+    # Sealed because the next batch would not fit: all but the last are nearly full.
+    assert all(s + one > 2000 for s in sizes[1:]), sizes
+    assert len(packs) >= -(-sum(sizes) // 2000)
+    await nc.close()
+
+
+async def test_item_failures_go_round_in_their_own_batch(stack: Stack) -> None:
+    await stack.emulator.set_faults(item_error_rate=0.1, seed=3)
+    await stack.pod("submit", "poll", **PACK)
+    nc = await stack.nc()
+    reqs = [batch(f"f{n}", 40) for n in range(8)]
+    for req in reqs:
+        await submit(nc, req)
+    assert await wait_finished(stack, 8, timeout=180) == {"succeeded": 8}
+    db = await stack.db()
+    rows = {r["batch_id"]: r for r in await db.fetch("SELECT * FROM batchyard.batches")}
+    counts = dict(await db.fetch("SELECT batch_id, count(*) FROM batchyard.embeddings"
+                                 " GROUP BY batch_id"))
+    assert counts == {r.batch_id: 40 for r in reqs}
+    assert any(r["attempt"] > 0 for r in rows.values())  # someone's items went round
+    members = await db.fetch("SELECT batch_id, attempt, items FROM batchyard.pack_members"
+                             " WHERE attempt > 0")
+    for m in members:  # a next attempt carries only that batch's failed items
+        assert m["items"] < 40
+    await db.close()
+    await nc.close()
+
+
+async def test_a_job_failed_whole_fails_every_members_attempt(stack: Stack) -> None:
+    await stack.emulator.set_faults(job_outcome="failed", job_outcome_rate=1.0)
+    await stack.pod("submit", "poll", **PACK)
+    nc = await stack.nc()
+    for n in range(5):
+        await submit(nc, batch(f"w{n}", 25))
+    db = await stack.db()
+    # The pack's outcome is drawn when it is created: the jobs after it succeed.
+    await wait_for(lambda: _has_pack(stack), 60, what="the pack's job made")
+    await stack.emulator.set_faults()
+    assert await wait_finished(stack, 5) == {"succeeded": 5}
+    rows = await db.fetch("SELECT job_failures, attempt FROM batchyard.batches")
+    assert [(r["job_failures"], r["attempt"]) for r in rows] == [(1, 1)] * 5
+    names = [j["display_name"] for j in (await stack.emulator.state())["jobs"]]
+    # The failed pack, then each member alone (a batch whose job failed goes alone).
+    assert sum(n.startswith("pack:") for n in names) == 1
+    assert sorted(n for n in names if not n.startswith("pack:")) == [f"w{n}:1" for n in range(5)]
+    await db.close()
+    await nc.close()
+
+
+async def test_a_lost_create_answer_is_adopted_not_repeated(stack: Stack) -> None:
+    await stack.emulator.set_faults(create_lost_rate=1.0)
+    await stack.pod("submit", "poll", **PACK)
+    nc = await stack.nc()
+    for n in range(6):
+        await submit(nc, batch(f"l{n}", 20))
+    await wait_for(lambda: _has_pack(stack), 60, what="the pack's job made")
+    await stack.emulator.set_faults()
+    assert await wait_finished(stack, 6) == {"succeeded": 6}
+    packs = _packs(await stack.emulator.state())
+    assert len(packs) == len({p["display_name"] for p in packs}) == 1
+    await nc.close()
+
+
+async def _has_pack(stack: Stack) -> bool:
+    return bool(_packs(await stack.emulator.state()))
+
+
+async def test_models_dims_and_task_types_are_never_packed_together(stack: Stack) -> None:
+    await stack.pod("submit", "poll", **PACK)
+    nc = await stack.nc()
+    kinds = [{}, {"output_dimensionality": 768}, {"task_type": "RETRIEVAL_QUERY"},
+             {"model": "gemini-embedding-2"}]
+    for k, fields in enumerate(kinds):
+        for n in range(3):
+            await submit(nc, batch(f"k{k}-{n}", 20, **fields))
+    assert await wait_finished(stack, 12) == {"succeeded": 12}
+    packs = _packs(await stack.emulator.state())
+    assert len(packs) == 4 and all(p["request_count"] == 60 for p in packs)
+    await nc.close()
+
+
+async def test_a_pack_over_the_inline_bound_goes_by_file(stack: Stack) -> None:
+    await stack.pod("submit", "poll", **PACK)
+    nc = await stack.nc()
+    text = "y" * 3000
+    for n in range(6):  # 6 batches of 80 texts of 3 kB: over 1 MiB, a file job
+        await submit(nc, SubmitRequest(batch_id=f"big{n}", items=[
+            Item(f"big{n}-{i}", f"{n} {i} {text}") for i in range(80)]))
+    assert await wait_finished(stack, 6) == {"succeeded": 6}
+    packs = _packs(await stack.emulator.state())
+    assert len(packs) == 1 and packs[0]["input_file"]
+    db = await stack.db()
+    assert await db.fetchval("SELECT count(*) FROM batchyard.embeddings") == 480
+    await db.close()
+    nc2 = await stack.nc()
+    assert [msgspec.json.decode(m, type=Dead) for m in
+            await stream_messages(nc2, subjects.DEAD)] == []
+    await nc2.close()
+    await nc.close()
+
+
+def test_a_pack_poll_names_a_pack_or_a_batch_never_both() -> None:
+    from events.payloads import InvalidMessage, PollRequest, decode
+
+    pack = "pk" + "0" * 32
+    got = decode(b'{"pack": "%s", "job_name": "batches/x"}' % pack.encode(), PollRequest)
+    assert got.pack == pack and got.batch_id is None
+    for bad in (b'{"job_name": "batches/x"}',
+                b'{"pack": "%s", "batch_id": "b", "job_name": "batches/x"}' % pack.encode(),
+                b'{"pack": "pk123", "job_name": "batches/x"}'):
+        try:
+            decode(bad, PollRequest)
+        except InvalidMessage:
+            continue
+        raise AssertionError(f"accepted {bad!r}")
