@@ -34,7 +34,7 @@ log = structlog.get_logger("batchyard.submit")
 BUSY_DELAY = 5.0
 HOLD_PAUSE = 2.0  # after a hold, this pod fetches again no sooner than this
 RUNNING = ("submitting", "submitted")
-SEAL_EVERY = 0.5  # seconds between the sealer's looks for packs due
+SEAL_EVERY = 0.25  # seconds between the sealer's looks for packs due (one query)
 FALLBACK_AFTER = 2  # whole-job failures on the Batch API side before going online
 HELD = Outcome(ACK.action, label="held")
 

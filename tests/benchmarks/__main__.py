@@ -6,17 +6,25 @@ import asyncio
 import json
 import sys
 
-from tests.benchmarks import bench_cost, bench_ingest, bench_recovery, bench_reuse, bench_runtime
+from tests.benchmarks import (
+    bench_cost,
+    bench_ingest,
+    bench_packing,
+    bench_recovery,
+    bench_reuse,
+    bench_runtime,
+)
 
 
 async def main() -> dict[str, object]:
     return {"runtime": await bench_runtime.main(), "ingest": await bench_ingest.main(),
-            "recovery": await bench_recovery.main(), "cost": await bench_cost.main(), "reuse": await bench_reuse.main()}
+            "recovery": await bench_recovery.main(), "cost": await bench_cost.main(), "reuse": await bench_reuse.main(),
+            "packing": await bench_packing.main()}
 
 
 def table(r: dict) -> str:
     rt, ing, rec, cost = r["runtime"], r["ingest"], r["recovery"], r["cost"]["runs"]
-    ru = r["reuse"]
+    ru, pk = r["reuse"], r["packing"]
     rows = [
         ("runtime no-op vs raw fetch(100)+ack", f"{rt['ratio_runtime_to_raw']}x",
          f"{rt['msg_per_s']['runtime_c100']} vs {rt['msg_per_s']['raw_fetch100_ack']} msg/s"),
@@ -42,6 +50,8 @@ def table(r: dict) -> str:
         ("reuse CPU vs ingesting, ours", f"{ru['cpu_ratio_reuse_to_ingest_ours']}x", ""),
         ("reuse CPU vs ingesting, with PostgreSQL", f"{ru['cpu_ratio_reuse_to_ingest']}x",
          f"{ru['cpu_s_per_1000_reused']} vs {ru['cpu_s_per_1000_ingested']} cpu-s/1k"),
+        ("quota used, packed vs one job a batch", f"{pk['ratio']}x",
+         f"{pk['packed']['utilisation']} vs {pk['unpacked']['utilisation']} of the quota"),
     ]
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{a:<{width}}  {b:>16}  {c}" for a, b, c in rows)
