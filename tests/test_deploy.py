@@ -341,12 +341,11 @@ async def test_probe_paths_are_served() -> None:
         paths.add(d["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"])
     assert paths == {"/healthz", "/readyz", "/metrics"}
 
-    class Pool:
-        async def fetchval(self, query: str) -> bool:
+    class Store:
+        async def ping(self) -> bool:
             return True
 
-    app: Any = SimpleNamespace(nc=SimpleNamespace(is_connected=True),
-                               store=SimpleNamespace(pool=Pool()))
+    app: Any = SimpleNamespace(nc=SimpleNamespace(is_connected=True), store=Store())
     port = _proc.free_port()
     async with serve(app, port, lambda: True), aiohttp.ClientSession() as session:
         for path in sorted(paths):
