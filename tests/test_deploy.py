@@ -6,6 +6,7 @@ import asyncio
 import re
 import shlex
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import nats
 import pytest
+import trustme
 import yaml
 
 from consumers.cli import _parser
@@ -27,8 +29,10 @@ from consumers.ops import provision
 from consumers.pod import role_names
 from consumers.settings import VARS, Settings, duration
 from events import jetstream as defs
+from events.permissions import inbox_prefix, password_variable
 from sandbox import _proc
 from sandbox.emulator.cli import parser as emulator_parser
+from sandbox.natsauth import passwords
 from sandbox.natsd import server_binary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,6 +219,27 @@ def _routes(text: str) -> list[str]:
 
 def _members() -> list[Path]:
     return sorted(CLUSTER.glob("nats-*.conf"))
+
+
+TLS_DIR = "/etc/nats/tls/"
+
+
+def _shipped_cluster(directory: Path, ca: trustme.CA,
+                     users: dict[str, str]) -> dict[str, str]:
+    """deploy/nats/cluster copied into `directory` with nothing changed but where the
+    nats-tls Secret is mounted, that Secret's files (issued by `ca`, as cert-manager would:
+    server and client usage, the pods' names and loopback) and the environment the nats
+    StatefulSet gives the server (the nats-users Secret: every user's password)."""
+    tls = directory / "tls"
+    tls.mkdir()
+    cert = ca.issue_cert("127.0.0.1", "localhost", "*.nats", "*.nats.nats.svc.cluster.local",
+                         "nats.nats.svc.cluster.local")
+    cert.cert_chain_pems[0].write_to_path(str(tls / "tls.crt"))
+    cert.private_key_pem.write_to_path(str(tls / "tls.key"))
+    ca.cert_pem.write_to_path(str(tls / "ca.crt"))
+    for conf in CLUSTER.glob("*.conf"):
+        (directory / conf.name).write_text(conf.read_text().replace(TLS_DIR, f"{tls}/"))
+    return {"PATH": "", **{password_variable(u): p for u, p in users.items()}}
 
 
 # -- tests ----------------------------------------------------------------------------
@@ -487,15 +512,23 @@ def test_kubectl_kustomize_agrees(directory: Path) -> None:
         assert real[key] == doc, key
 
 
-def test_nats_cluster_configs() -> None:
-    """The 3 member configs pass `nats-server -t` and name each other as one JetStream cluster."""
+def test_nats_cluster_configs(tmp_path: Path) -> None:
+    """The 3 member configs, with the Secrets the nats StatefulSet mounts, pass
+    `nats-server -t` and name each other as one JetStream cluster; without the
+    passwords in the environment, the check names the one missing."""
     members = _members()
     assert [p.stem for p in members] == ["nats-0", "nats-1", "nats-2"]
     common = (CLUSTER / "common.conf").read_text()
+    assert re.search(r"^include\s+\./secure\.conf", common, re.M)
+    assert re.search(r"^include\s+\./auth\.conf", (CLUSTER / "secure.conf").read_text(), re.M)
+    env = _shipped_cluster(tmp_path, trustme.CA(), passwords())
     for path in members:
-        result = subprocess.run([server_binary(), "-t", "-c", str(path)],
-                                capture_output=True, text=True, timeout=30)
+        result = subprocess.run([server_binary(), "-t", "-c", str(tmp_path / path.name)],
+                                capture_output=True, text=True, timeout=30, env=env)
         assert result.returncode == 0, result.stderr
+        result = subprocess.run([server_binary(), "-t", "-c", str(tmp_path / path.name)],
+                                capture_output=True, text=True, timeout=30, env={"PATH": ""})
+        assert result.returncode != 0 and "NATS_PASSWORD_" in result.stderr, result.stderr
         text = path.read_text()
         assert _conf_value(text, "server_name") == path.stem
         assert re.search(r"^include\s+\.?/?common\.conf", text, re.M)
@@ -508,19 +541,28 @@ def test_nats_cluster_configs() -> None:
 
 
 async def test_nats_cluster_configs_run() -> None:
-    """The member configs, moved to loopback ports, form a cluster that takes R3 streams."""
+    """The member configs, moved to loopback ports, form a cluster over TLS routes that
+    takes R3 streams from the operator user over TLS, and refuses a client without a
+    password or without the CA."""
     tmp = Path(tempfile.mkdtemp(prefix="batchyard-deploy-"))
     n = len(_members())
     client = [_proc.free_port() for _ in range(n)]
     route = [_proc.free_port() for _ in range(n)]
     http = [_proc.free_port() for _ in range(n)]
-    common = (CLUSTER / "common.conf").read_text()
+    ca = trustme.CA()
+    users = passwords()
+    shipped = tmp / "shipped"
+    shipped.mkdir()
+    env = _shipped_cluster(shipped, ca, users)
+    common = (shipped / "common.conf").read_text()
     cluster_port = _routes(common)[0].rsplit(":", 1)[1]
     procs = []
     try:
         for i, member in enumerate(_members()):
             node = tmp / member.stem
             node.mkdir()
+            for included in ("secure.conf", "auth.conf"):
+                shutil.copy(shipped / included, node / included)
             text = re.sub(r"^port: \d+", f"port: {client[i]}", common, flags=re.M)
             text = re.sub(r"^http_port: \d+", f"http_port: {http[i]}", text, flags=re.M)
             text = re.sub(r"(\n[ \t]+port: )\d+", rf"\g<1>{route[i]}", text)
@@ -532,7 +574,8 @@ async def test_nats_cluster_configs_run() -> None:
             (node / member.name).write_text(member.read_text())
             with (node / "log").open("wb") as log:
                 procs.append(await _proc.spawn(
-                    [server_binary(), "-c", str(node / member.name)], stderr=log.fileno()))
+                    [server_binary(), "-c", str(node / member.name)], env=env,
+                    stderr=log.fileno()))
         async with aiohttp.ClientSession() as session, asyncio.timeout(30):
             for port in http:
                 while True:
@@ -549,8 +592,21 @@ async def test_nats_cluster_configs_run() -> None:
                     varz = await r.json()
                 names.add(varz["server_name"])
                 assert varz["cluster"]["name"] == "batchyard"
+                assert varz["auth_required"] and varz["tls_required"]
+                assert varz["cluster"]["tls_required"] and varz["cluster"]["tls_verify"]
             assert names == {p.stem for p in _members()}
-        nc = await nats.connect(servers=[f"nats://127.0.0.1:{p}" for p in client])
+        servers = [f"tls://127.0.0.1:{p}" for p in client]
+        trusted = ssl.create_default_context(cafile=str(shipped / "tls" / "ca.crt"))
+        refused = (nats.errors.Error, OSError, TimeoutError)
+        for options in ({"tls": trusted},
+                        {"tls": ssl.create_default_context(), "user": "operator",
+                         "password": users["operator"]}):
+            with pytest.raises(refused):
+                await nats.connect(servers=servers, allow_reconnect=False,
+                                   connect_timeout=2, max_reconnect_attempts=0, **options)
+        nc = await nats.connect(servers=servers, tls=trusted, user="operator",
+                                password=users["operator"],
+                                inbox_prefix=inbox_prefix("operator"))
         try:
             js = nc.jetstream(timeout=10)
             await provision.apply(js, replicas=3)
