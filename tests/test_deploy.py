@@ -29,7 +29,7 @@ from consumers.ops import provision
 from consumers.pod import role_names
 from consumers.settings import VARS, Settings, duration
 from events import jetstream as defs
-from events.permissions import inbox_prefix, password_variable
+from events.permissions import USERS, inbox_prefix, password_variable
 from sandbox import _proc
 from sandbox.emulator.cli import parser as emulator_parser
 from sandbox.natsauth import passwords
@@ -45,8 +45,15 @@ COMPOSE = DEPLOY / "compose.yaml"
 KNOWN_VARS = {v.env for v in VARS}
 DEFAULT_HTTP_PORT = int(next(v.default for v in VARS if v.env == "BATCHYARD_HTTP_PORT") or 0)
 ROLES = ("submit", "poll", "key-health", "recovery")
-# What the Secrets referenced by the manifests hold, for checking that settings parse.
-SECRET_VALUES = {("batchyard-database", "url"): "postgresql://batchyard:pw@postgres:5432/batchyard"}
+# What the Secrets referenced by the manifests hold, as the kustomization's commands make
+# them, for checking that settings parse and that the files they name are mounted.
+PG_CA = "/var/run/secrets/batchyard/ca/postgres-ca.crt"
+SECRET_VALUES = {
+    ("batchyard-database", "url"):
+        f"postgresql://batchyard_app:pw@postgres:5432/batchyard?sslmode=verify-full&sslrootcert={PG_CA}",
+    ("batchyard-database-owner", "url"):
+        f"postgresql://batchyard_owner:pw@postgres:5432/batchyard?sslmode=verify-full&sslrootcert={PG_CA}",
+}
 
 
 # -- a renderer for the small part of kustomize the manifests use ------------------------
@@ -215,6 +222,12 @@ def _routes(text: str) -> list[str]:
     m = re.search(r"routes\s*[:=]\s*\[(.*?)\]", text, re.S)
     assert m
     return m[1].split()
+
+
+def _account() -> str:
+    """The one account of auth.conf, which holds the streams once secure.conf is in."""
+    (name,) = re.findall(r"^  (\w+) \{", (CLUSTER / "auth.conf").read_text(), re.M)
+    return str(name)
 
 
 def _members() -> list[Path]:
@@ -413,6 +426,55 @@ def test_key_is_a_mounted_secret_file(rendered: list[dict[str, Any]]) -> None:
         assert db and "secretKeyRef" in db[0]["valueFrom"], "the DSN holds a password"
 
 
+def _mounted(spec: dict[str, Any], c: dict[str, Any], file: str) -> dict[str, Any]:
+    """The volume a container finds `file` in: mounted as a directory, read-only."""
+    (mount,) = [m for m in c.get("volumeMounts", []) if Path(m["mountPath"]) == Path(file).parent]
+    assert "subPath" not in mount and mount.get("readOnly") is True, mount
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    source = volume.get("secret") or volume["configMap"]
+    if "items" in source:
+        assert Path(file).name in {i["path"] for i in source["items"]}
+    return volume
+
+
+def test_each_role_logs_in_as_its_own_user(rendered: list[dict[str, Any]]) -> None:
+    """Each role's pods are its own NATS user, their password a file from that role's own
+    Secret; the setup Job's streams are the operator's, its migrations the PostgreSQL
+    owner's, the pods' DATABASE_URL another login; everything goes over TLS with the CA
+    files mounted where the settings point."""
+    seen: dict[str, str] = {}
+    for d, c in _containers(rendered):
+        spec = d["spec"]["template"]["spec"]
+        env = _container_env(rendered, c)
+        settings = Settings.from_env(env)
+        assert all(u.strip().startswith("tls://") for u in settings.nats_url.split(","))
+        assert "NATS_PASSWORD" not in env and "NATS_CREDS" not in env
+        if d["kind"] == "Deployment":
+            role = _role_of(d)
+            assert env["NATS_USER"] == role
+        else:
+            role = c["name"]
+        if "NATS_USER" in env:
+            assert env["NATS_USER"] in USERS
+            secret = _mounted(spec, c, env["NATS_PASSWORD_FILE"])["secret"]
+            assert secret["secretName"] == f"batchyard-nats-{env['NATS_USER']}"
+            assert not secret.get("optional", False)
+            assert secret.get("defaultMode", 0o644) & 0o007 == 0, "not world-readable"
+            assert Path(env["NATS_PASSWORD_FILE"]).name == "password"
+            assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"]
+            _mounted(spec, c, env["NATS_TLS_CA"])
+            seen[role] = env["NATS_USER"]
+        if "DATABASE_URL" in env:
+            (ref,) = [e["valueFrom"]["secretKeyRef"] for e in c["env"]
+                      if e["name"] == "DATABASE_URL"]
+            seen[role + ":pg"] = ref["name"]
+            query = dict(q.split("=", 1) for q in urlsplit(env["DATABASE_URL"]).query.split("&"))
+            assert query["sslmode"] == "verify-full"
+            _mounted(spec, c, query["sslrootcert"])
+    assert seen == {**{r: r for r in ROLES}, **{f"{r}:pg": "batchyard-database" for r in ROLES},
+                    "streams": "operator", "migrate:pg": "batchyard-database-owner"}
+
+
 def test_pod_hardening_and_resources(rendered: list[dict[str, Any]]) -> None:
     """Every container has requests within limits and runs without privileges or a writable root."""
     scale = {"m": 0.001, "": 1.0, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
@@ -460,7 +522,7 @@ def test_keda_scales_submit_and_poll_on_their_consumers(rendered: list[dict[str,
         meta = trigger["metadata"]
         assert trigger["type"] == "nats-jetstream"
         assert (meta["stream"], meta["consumer"]) in consumers
-        assert meta["account"] == "$G" and int(meta["lagThreshold"]) > 0
+        assert meta["account"] == _account() and int(meta["lagThreshold"]) > 0
         host, _, port = meta["natsServerMonitoringEndpoint"].partition(":")
         assert int(port) == monitor_port
         assert host.endswith("nats.nats.svc.cluster.local")
