@@ -59,7 +59,7 @@ SECRET_VALUES = {
 # -- a renderer for the small part of kustomize the manifests use ------------------------
 
 _KUSTOMIZATION_KEYS = {"apiVersion", "kind", "namespace", "resources", "configMapGenerator",
-                       "images", "replicas", "patches"}
+                       "generatorOptions", "images", "replicas", "patches"}
 
 
 def _env_file(path: Path) -> dict[str, str]:
@@ -115,6 +115,9 @@ def render(directory: Path) -> list[dict[str, Any]]:
         for literal in gen.get("literals", []):
             key, _, value = literal.partition("=")
             data[key] = value
+        for file in gen.get("files", []):
+            key, _, name = file.rpartition("=")
+            data[key or Path(name).name] = (directory / name).read_text()
         if gen.get("behavior", "create") == "merge":
             _find(docs, "ConfigMap", gen["name"])["data"].update(data)
         else:
@@ -561,7 +564,8 @@ def test_production_overlay() -> None:
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
-@pytest.mark.parametrize("directory", [BASE, PRODUCTION], ids=["base", "production"])
+@pytest.mark.parametrize("directory", [BASE, PRODUCTION, CLUSTER],
+                         ids=["base", "production", "nats"])
 def test_kubectl_kustomize_agrees(directory: Path) -> None:
     """`kubectl kustomize` renders exactly what these tests check."""
     out = subprocess.run(["kubectl", "kustomize", str(directory)], check=True,
@@ -572,6 +576,64 @@ def test_kubectl_kustomize_agrees(directory: Path) -> None:
     assert real.keys() == ours.keys()
     for key, doc in ours.items():
         assert real[key] == doc, key
+
+
+def test_nats_statefulset() -> None:
+    """deploy/nats/cluster as a StatefulSet: one pod per member config, started with its
+    own, every password auth.conf reads in its environment from nats-users, the configs
+    and the nats-tls files where the configs look for them, the ports they listen on."""
+    docs = render(CLUSTER)
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"nats"}
+    common = (CLUSTER / "common.conf").read_text()
+    sts = _find(docs, "StatefulSet", "nats")
+    service = _find(docs, "Service", sts["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"]
+    assert sts["spec"]["replicas"] == len(_members())
+    assert {h.split("//")[1].split(":")[0] for h in _routes(common)} == {
+        f"{p.stem}.{service['metadata']['name']}" for p in _members()}
+    pod = sts["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    (c,) = pod["spec"]["containers"]
+    assert c["args"] == ["-c", "/etc/nats/$(POD_NAME).conf"]
+    env = {e["name"]: e.get("value") or e["valueFrom"] for e in c["env"]}
+    assert env.pop("POD_NAME") == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env == {password_variable(u): {"secretKeyRef": {"name": "nats-users",
+                                                           "key": password_variable(u)}}
+                   for u in USERS}
+
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    config = volumes[mounts["/etc/nats"]["name"]]["projected"]
+    assert "subPath" not in mounts["/etc/nats"]
+    assert config["defaultMode"] & 0o007 == 0, "the key is not world-readable"
+    (cm,) = [s["configMap"] for s in config["sources"] if "configMap" in s]
+    (tls,) = [s["secret"] for s in config["sources"] if "secret" in s]
+    assert tls["name"] == "nats-tls"
+    files = set(_find(docs, "ConfigMap", cm["name"])["data"])
+    assert files == {p.name for p in CLUSTER.glob("*.conf")}
+    named = set().union(*(re.findall(r"_file:\s*/etc/nats/(\S+)", p.read_text())
+                          for p in CLUSTER.glob("*.conf")))
+    assert named == {i["path"] for i in tls["items"]} == {
+        "tls/tls.crt", "tls/tls.key", "tls/ca.crt"}
+    assert _conf_value(common, "store_dir").startswith("/data/")
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert mounts["/data"]["name"] == claim["metadata"]["name"]
+
+    cluster_port = re.search(r"cluster\s*\{[^}]*?\bport\s*:\s*(\d+)", common, re.S)
+    assert cluster_port
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"client": int(_conf_value(common, "port")),
+                     "cluster": int(cluster_port[1]),
+                     "monitor": int(_conf_value(common, "http_port"))}
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == ports
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"]["port"] == "monitor"
+        assert c[probe]["httpGet"]["path"].startswith("/healthz")
+    assert c["lifecycle"]["preStop"]["exec"]["command"] == ["nats-server", "--signal", "ldm"]
+    assert pod["spec"]["terminationGracePeriodSeconds"] > duration(
+        _conf_value(common, "lame_duck_duration"))
+    pdb = _find(docs, "PodDisruptionBudget", "nats")
+    assert pdb["spec"]["maxUnavailable"] == 1
 
 
 def test_nats_cluster_configs(tmp_path: Path) -> None:
