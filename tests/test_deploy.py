@@ -6,6 +6,7 @@ import asyncio
 import re
 import shlex
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import nats
 import pytest
+import trustme
 import yaml
 
 from consumers.cli import _parser
@@ -27,8 +29,10 @@ from consumers.ops import provision
 from consumers.pod import role_names
 from consumers.settings import VARS, Settings, duration
 from events import jetstream as defs
+from events.permissions import USERS, inbox_prefix, password_variable
 from sandbox import _proc
 from sandbox.emulator.cli import parser as emulator_parser
+from sandbox.natsauth import passwords
 from sandbox.natsd import server_binary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,14 +45,21 @@ COMPOSE = DEPLOY / "compose.yaml"
 KNOWN_VARS = {v.env for v in VARS}
 DEFAULT_HTTP_PORT = int(next(v.default for v in VARS if v.env == "BATCHYARD_HTTP_PORT") or 0)
 ROLES = ("submit", "poll", "key-health", "recovery")
-# What the Secrets referenced by the manifests hold, for checking that settings parse.
-SECRET_VALUES = {("batchyard-database", "url"): "postgresql://batchyard:pw@postgres:5432/batchyard"}
+# What the Secrets referenced by the manifests hold, as the kustomization's commands make
+# them, for checking that settings parse and that the files they name are mounted.
+PG_CA = "/var/run/secrets/batchyard/ca/postgres-ca.crt"
+SECRET_VALUES = {
+    ("batchyard-database", "url"):
+        f"postgresql://batchyard_app:pw@postgres:5432/batchyard?sslmode=verify-full&sslrootcert={PG_CA}",
+    ("batchyard-database-owner", "url"):
+        f"postgresql://batchyard_owner:pw@postgres:5432/batchyard?sslmode=verify-full&sslrootcert={PG_CA}",
+}
 
 
 # -- a renderer for the small part of kustomize the manifests use ------------------------
 
 _KUSTOMIZATION_KEYS = {"apiVersion", "kind", "namespace", "resources", "configMapGenerator",
-                       "images", "replicas", "patches"}
+                       "generatorOptions", "images", "replicas", "patches"}
 
 
 def _env_file(path: Path) -> dict[str, str]:
@@ -104,6 +115,9 @@ def render(directory: Path) -> list[dict[str, Any]]:
         for literal in gen.get("literals", []):
             key, _, value = literal.partition("=")
             data[key] = value
+        for file in gen.get("files", []):
+            key, _, name = file.rpartition("=")
+            data[key or Path(name).name] = (directory / name).read_text()
         if gen.get("behavior", "create") == "merge":
             _find(docs, "ConfigMap", gen["name"])["data"].update(data)
         else:
@@ -213,8 +227,35 @@ def _routes(text: str) -> list[str]:
     return m[1].split()
 
 
+def _account() -> str:
+    """The one account of auth.conf, which holds the streams once secure.conf is in."""
+    (name,) = re.findall(r"^  (\w+) \{", (CLUSTER / "auth.conf").read_text(), re.M)
+    return str(name)
+
+
 def _members() -> list[Path]:
     return sorted(CLUSTER.glob("nats-*.conf"))
+
+
+TLS_DIR = "/etc/nats/tls/"
+
+
+def _shipped_cluster(directory: Path, ca: trustme.CA,
+                     users: dict[str, str]) -> dict[str, str]:
+    """deploy/nats/cluster copied into `directory` with nothing changed but where the
+    nats-tls Secret is mounted, that Secret's files (issued by `ca`, as cert-manager would:
+    server and client usage, the pods' names and loopback) and the environment the nats
+    StatefulSet gives the server (the nats-users Secret: every user's password)."""
+    tls = directory / "tls"
+    tls.mkdir()
+    cert = ca.issue_cert("127.0.0.1", "localhost", "*.nats", "*.nats.nats.svc.cluster.local",
+                         "nats.nats.svc.cluster.local")
+    cert.cert_chain_pems[0].write_to_path(str(tls / "tls.crt"))
+    cert.private_key_pem.write_to_path(str(tls / "tls.key"))
+    ca.cert_pem.write_to_path(str(tls / "ca.crt"))
+    for conf in CLUSTER.glob("*.conf"):
+        (directory / conf.name).write_text(conf.read_text().replace(TLS_DIR, f"{tls}/"))
+    return {"PATH": "", **{password_variable(u): p for u, p in users.items()}}
 
 
 # -- tests ----------------------------------------------------------------------------
@@ -341,12 +382,11 @@ async def test_probe_paths_are_served() -> None:
         paths.add(d["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"])
     assert paths == {"/healthz", "/readyz", "/metrics"}
 
-    class Pool:
-        async def fetchval(self, query: str) -> bool:
+    class Store:
+        async def ping(self) -> bool:
             return True
 
-    app: Any = SimpleNamespace(nc=SimpleNamespace(is_connected=True),
-                               store=SimpleNamespace(pool=Pool()))
+    app: Any = SimpleNamespace(nc=SimpleNamespace(is_connected=True), store=Store())
     port = _proc.free_port()
     async with serve(app, port, lambda: True), aiohttp.ClientSession() as session:
         for path in sorted(paths):
@@ -387,6 +427,55 @@ def test_key_is_a_mounted_secret_file(rendered: list[dict[str, Any]]) -> None:
         assert secret.get("defaultMode", 0o644) & 0o007 == 0, "not world-readable"
         db = [e for e in c["env"] if e["name"] == "DATABASE_URL"]
         assert db and "secretKeyRef" in db[0]["valueFrom"], "the DSN holds a password"
+
+
+def _mounted(spec: dict[str, Any], c: dict[str, Any], file: str) -> dict[str, Any]:
+    """The volume a container finds `file` in: mounted as a directory, read-only."""
+    (mount,) = [m for m in c.get("volumeMounts", []) if Path(m["mountPath"]) == Path(file).parent]
+    assert "subPath" not in mount and mount.get("readOnly") is True, mount
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    source = volume.get("secret") or volume["configMap"]
+    if "items" in source:
+        assert Path(file).name in {i["path"] for i in source["items"]}
+    return volume
+
+
+def test_each_role_logs_in_as_its_own_user(rendered: list[dict[str, Any]]) -> None:
+    """Each role's pods are its own NATS user, their password a file from that role's own
+    Secret; the setup Job's streams are the operator's, its migrations the PostgreSQL
+    owner's, the pods' DATABASE_URL another login; everything goes over TLS with the CA
+    files mounted where the settings point."""
+    seen: dict[str, str] = {}
+    for d, c in _containers(rendered):
+        spec = d["spec"]["template"]["spec"]
+        env = _container_env(rendered, c)
+        settings = Settings.from_env(env)
+        assert all(u.strip().startswith("tls://") for u in settings.nats_url.split(","))
+        assert "NATS_PASSWORD" not in env and "NATS_CREDS" not in env
+        if d["kind"] == "Deployment":
+            role = _role_of(d)
+            assert env["NATS_USER"] == role
+        else:
+            role = c["name"]
+        if "NATS_USER" in env:
+            assert env["NATS_USER"] in USERS
+            secret = _mounted(spec, c, env["NATS_PASSWORD_FILE"])["secret"]
+            assert secret["secretName"] == f"batchyard-nats-{env['NATS_USER']}"
+            assert not secret.get("optional", False)
+            assert secret.get("defaultMode", 0o644) & 0o007 == 0, "not world-readable"
+            assert Path(env["NATS_PASSWORD_FILE"]).name == "password"
+            assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"]
+            _mounted(spec, c, env["NATS_TLS_CA"])
+            seen[role] = env["NATS_USER"]
+        if "DATABASE_URL" in env:
+            (ref,) = [e["valueFrom"]["secretKeyRef"] for e in c["env"]
+                      if e["name"] == "DATABASE_URL"]
+            seen[role + ":pg"] = ref["name"]
+            query = dict(q.split("=", 1) for q in urlsplit(env["DATABASE_URL"]).query.split("&"))
+            assert query["sslmode"] == "verify-full"
+            _mounted(spec, c, query["sslrootcert"])
+    assert seen == {**{r: r for r in ROLES}, **{f"{r}:pg": "batchyard-database" for r in ROLES},
+                    "streams": "operator", "migrate:pg": "batchyard-database-owner"}
 
 
 def test_pod_hardening_and_resources(rendered: list[dict[str, Any]]) -> None:
@@ -436,7 +525,7 @@ def test_keda_scales_submit_and_poll_on_their_consumers(rendered: list[dict[str,
         meta = trigger["metadata"]
         assert trigger["type"] == "nats-jetstream"
         assert (meta["stream"], meta["consumer"]) in consumers
-        assert meta["account"] == "$G" and int(meta["lagThreshold"]) > 0
+        assert meta["account"] == _account() and int(meta["lagThreshold"]) > 0
         host, _, port = meta["natsServerMonitoringEndpoint"].partition(":")
         assert int(port) == monitor_port
         assert host.endswith("nats.nats.svc.cluster.local")
@@ -475,7 +564,8 @@ def test_production_overlay() -> None:
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
-@pytest.mark.parametrize("directory", [BASE, PRODUCTION], ids=["base", "production"])
+@pytest.mark.parametrize("directory", [BASE, PRODUCTION, CLUSTER],
+                         ids=["base", "production", "nats"])
 def test_kubectl_kustomize_agrees(directory: Path) -> None:
     """`kubectl kustomize` renders exactly what these tests check."""
     out = subprocess.run(["kubectl", "kustomize", str(directory)], check=True,
@@ -488,15 +578,81 @@ def test_kubectl_kustomize_agrees(directory: Path) -> None:
         assert real[key] == doc, key
 
 
-def test_nats_cluster_configs() -> None:
-    """The 3 member configs pass `nats-server -t` and name each other as one JetStream cluster."""
+def test_nats_statefulset() -> None:
+    """deploy/nats/cluster as a StatefulSet: one pod per member config, started with its
+    own, every password auth.conf reads in its environment from nats-users, the configs
+    and the nats-tls files where the configs look for them, the ports they listen on."""
+    docs = render(CLUSTER)
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"nats"}
+    common = (CLUSTER / "common.conf").read_text()
+    sts = _find(docs, "StatefulSet", "nats")
+    service = _find(docs, "Service", sts["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"]
+    assert sts["spec"]["replicas"] == len(_members())
+    assert {h.split("//")[1].split(":")[0] for h in _routes(common)} == {
+        f"{p.stem}.{service['metadata']['name']}" for p in _members()}
+    pod = sts["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    (c,) = pod["spec"]["containers"]
+    assert c["args"] == ["-c", "/etc/nats/$(POD_NAME).conf"]
+    env = {e["name"]: e.get("value") or e["valueFrom"] for e in c["env"]}
+    assert env.pop("POD_NAME") == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env == {password_variable(u): {"secretKeyRef": {"name": "nats-users",
+                                                           "key": password_variable(u)}}
+                   for u in USERS}
+
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    config = volumes[mounts["/etc/nats"]["name"]]["projected"]
+    assert "subPath" not in mounts["/etc/nats"]
+    assert config["defaultMode"] & 0o007 == 0, "the key is not world-readable"
+    (cm,) = [s["configMap"] for s in config["sources"] if "configMap" in s]
+    (tls,) = [s["secret"] for s in config["sources"] if "secret" in s]
+    assert tls["name"] == "nats-tls"
+    files = set(_find(docs, "ConfigMap", cm["name"])["data"])
+    assert files == {p.name for p in CLUSTER.glob("*.conf")}
+    named = set().union(*(re.findall(r"_file:\s*/etc/nats/(\S+)", p.read_text())
+                          for p in CLUSTER.glob("*.conf")))
+    assert named == {i["path"] for i in tls["items"]} == {
+        "tls/tls.crt", "tls/tls.key", "tls/ca.crt"}
+    assert _conf_value(common, "store_dir").startswith("/data/")
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert mounts["/data"]["name"] == claim["metadata"]["name"]
+
+    cluster_port = re.search(r"cluster\s*\{[^}]*?\bport\s*:\s*(\d+)", common, re.S)
+    assert cluster_port
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"client": int(_conf_value(common, "port")),
+                     "cluster": int(cluster_port[1]),
+                     "monitor": int(_conf_value(common, "http_port"))}
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == ports
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"]["port"] == "monitor"
+        assert c[probe]["httpGet"]["path"].startswith("/healthz")
+    assert c["lifecycle"]["preStop"]["exec"]["command"] == ["nats-server", "--signal", "ldm"]
+    assert pod["spec"]["terminationGracePeriodSeconds"] > duration(
+        _conf_value(common, "lame_duck_duration"))
+    pdb = _find(docs, "PodDisruptionBudget", "nats")
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+
+def test_nats_cluster_configs(tmp_path: Path) -> None:
+    """The 3 member configs, with the Secrets the nats StatefulSet mounts, pass
+    `nats-server -t` and name each other as one JetStream cluster; without the
+    passwords in the environment, the check names the one missing."""
     members = _members()
     assert [p.stem for p in members] == ["nats-0", "nats-1", "nats-2"]
     common = (CLUSTER / "common.conf").read_text()
+    assert re.search(r"^include\s+\./secure\.conf", common, re.M)
+    assert re.search(r"^include\s+\./auth\.conf", (CLUSTER / "secure.conf").read_text(), re.M)
+    env = _shipped_cluster(tmp_path, trustme.CA(), passwords())
     for path in members:
-        result = subprocess.run([server_binary(), "-t", "-c", str(path)],
-                                capture_output=True, text=True, timeout=30)
+        result = subprocess.run([server_binary(), "-t", "-c", str(tmp_path / path.name)],
+                                capture_output=True, text=True, timeout=30, env=env)
         assert result.returncode == 0, result.stderr
+        result = subprocess.run([server_binary(), "-t", "-c", str(tmp_path / path.name)],
+                                capture_output=True, text=True, timeout=30, env={"PATH": ""})
+        assert result.returncode != 0 and "NATS_PASSWORD_" in result.stderr, result.stderr
         text = path.read_text()
         assert _conf_value(text, "server_name") == path.stem
         assert re.search(r"^include\s+\.?/?common\.conf", text, re.M)
@@ -509,19 +665,28 @@ def test_nats_cluster_configs() -> None:
 
 
 async def test_nats_cluster_configs_run() -> None:
-    """The member configs, moved to loopback ports, form a cluster that takes R3 streams."""
+    """The member configs, moved to loopback ports, form a cluster over TLS routes that
+    takes R3 streams from the operator user over TLS, and refuses a client without a
+    password or without the CA."""
     tmp = Path(tempfile.mkdtemp(prefix="batchyard-deploy-"))
     n = len(_members())
     client = [_proc.free_port() for _ in range(n)]
     route = [_proc.free_port() for _ in range(n)]
     http = [_proc.free_port() for _ in range(n)]
-    common = (CLUSTER / "common.conf").read_text()
+    ca = trustme.CA()
+    users = passwords()
+    shipped = tmp / "shipped"
+    shipped.mkdir()
+    env = _shipped_cluster(shipped, ca, users)
+    common = (shipped / "common.conf").read_text()
     cluster_port = _routes(common)[0].rsplit(":", 1)[1]
     procs = []
     try:
         for i, member in enumerate(_members()):
             node = tmp / member.stem
             node.mkdir()
+            for included in ("secure.conf", "auth.conf"):
+                shutil.copy(shipped / included, node / included)
             text = re.sub(r"^port: \d+", f"port: {client[i]}", common, flags=re.M)
             text = re.sub(r"^http_port: \d+", f"http_port: {http[i]}", text, flags=re.M)
             text = re.sub(r"(\n[ \t]+port: )\d+", rf"\g<1>{route[i]}", text)
@@ -533,7 +698,8 @@ async def test_nats_cluster_configs_run() -> None:
             (node / member.name).write_text(member.read_text())
             with (node / "log").open("wb") as log:
                 procs.append(await _proc.spawn(
-                    [server_binary(), "-c", str(node / member.name)], stderr=log.fileno()))
+                    [server_binary(), "-c", str(node / member.name)], env=env,
+                    stderr=log.fileno()))
         async with aiohttp.ClientSession() as session, asyncio.timeout(30):
             for port in http:
                 while True:
@@ -550,8 +716,21 @@ async def test_nats_cluster_configs_run() -> None:
                     varz = await r.json()
                 names.add(varz["server_name"])
                 assert varz["cluster"]["name"] == "batchyard"
+                assert varz["auth_required"] and varz["tls_required"]
+                assert varz["cluster"]["tls_required"] and varz["cluster"]["tls_verify"]
             assert names == {p.stem for p in _members()}
-        nc = await nats.connect(servers=[f"nats://127.0.0.1:{p}" for p in client])
+        servers = [f"tls://127.0.0.1:{p}" for p in client]
+        trusted = ssl.create_default_context(cafile=str(shipped / "tls" / "ca.crt"))
+        refused = (nats.errors.Error, OSError, TimeoutError)
+        for options in ({"tls": trusted},
+                        {"tls": ssl.create_default_context(), "user": "operator",
+                         "password": users["operator"]}):
+            with pytest.raises(refused):
+                await nats.connect(servers=servers, allow_reconnect=False,
+                                   connect_timeout=2, max_reconnect_attempts=0, **options)
+        nc = await nats.connect(servers=servers, tls=trusted, user="operator",
+                                password=users["operator"],
+                                inbox_prefix=inbox_prefix("operator"))
         try:
             js = nc.jetstream(timeout=10)
             await provision.apply(js, replicas=3)
