@@ -90,6 +90,8 @@ def locked(layout: Layout) -> Iterator[None]:
 
 def _free(port: int) -> bool:
     with socket.socket() as s:
+        # As the servers bind: a port our last run left in TIME_WAIT is free to them.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
