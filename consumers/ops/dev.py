@@ -165,13 +165,20 @@ class Screen:
         self.out.flush()
 
     def say(self, text: str) -> None:
+        """A line above the status line, which then stays the last one."""
         if self.tty and self.last:
             self.out.write("\r\x1b[K")
         self.out.write(text + "\n")
-        self.out.flush()
         if self.tty and self.last:
             self.out.write(f"{time.strftime('%H:%M:%S')}  {self.last}")
+        self.out.flush()
+
+    def end(self) -> None:
+        """Leave the status line as it stands; what follows goes below it."""
+        if self.tty and self.last:
+            self.out.write("\n")
             self.out.flush()
+        self.last = ""
 
 
 async def run_dev(settings: Settings, args: argparse.Namespace) -> int:
@@ -203,7 +210,8 @@ async def run_dev(settings: Settings, args: argparse.Namespace) -> int:
                 pod, app, _ = await _start(settings, args, layout, stack, screen)
                 starting = False
                 code = await _watch(app, pod, stop, screen, layout)
-                screen.say("\nstopping …")
+                screen.end()
+                screen.say("stopping …")
             screen.say(f"stopped; the data stays in {layout.root} (--fresh starts clean)")
             return code
     except asyncio.CancelledError:
@@ -279,6 +287,7 @@ async def _start(settings: Settings, args: argparse.Namespace, layout: Layout,
         f"http://127.0.0.1:{port['http']}/metrics, log {log_path})",
         "",
         "In another shell:",
+        *(f"  {line}" for line in _activate()),
         *(f"  {line}" for line in exports(env, args.real)),
         "  batchyard publish FILE.jsonl --batch-id ID",
         "  batchyard status",
@@ -287,6 +296,14 @@ async def _start(settings: Settings, args: argparse.Namespace, layout: Layout,
         "ready; Ctrl-C stops the stack (the data stays)",
     ]))
     return pod, app, env
+
+
+def _activate() -> list[str]:
+    """How another shell finds `batchyard`, when its PATH does not."""
+    script = Path(sys.prefix) / "bin" / "activate"
+    if shutil.which("batchyard") or not script.exists():
+        return []
+    return [f"source {shlex.quote(str(script))}"]
 
 
 async def _until_started(pod: asyncio.subprocess.Process, log: Path, offset: int,
@@ -309,7 +326,8 @@ async def _watch(app: App, pod: asyncio.subprocess.Process, stop: asyncio.Event,
     """Refresh the status line until asked to stop; 1 when the roles died first."""
     while not stop.is_set():
         if pod.returncode is not None:
-            screen.say(f"\nthe roles exited with {pod.returncode}; see "
+            screen.end()
+            screen.say(f"the roles exited with {pod.returncode}; see "
                        f"{layout.logs / 'pods.log'}")
             return 1
         try:
