@@ -207,7 +207,7 @@ async def run_dev(settings: Settings, args: argparse.Namespace) -> int:
             if args.fresh:
                 layout.clear()
             async with contextlib.AsyncExitStack() as stack:
-                pod, app, _ = await _start(settings, args, layout, stack, screen)
+                pod, app = await _start(settings, args, layout, stack, screen)
                 starting = False
                 code = await _watch(app, pod, stop, screen, layout)
                 screen.end()
@@ -229,18 +229,19 @@ async def run_dev(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _start(settings: Settings, args: argparse.Namespace, layout: Layout,
                  stack: contextlib.AsyncExitStack, screen: Screen,
-                 ) -> tuple[asyncio.subprocess.Process, App, dict[str, str]]:
+                 ) -> tuple[asyncio.subprocess.Process, App]:
     for path in (layout.nats, layout.pg, layout.logs):
         path.mkdir(exist_ok=True)
     port = ports(layout)
-    kept = "kept" if (layout.pg / "data").exists() else "new"
+    pg = PostgresServer(layout.pg, port=port["postgres"])
+    kept = "kept" if pg.initialized else "new"
     screen.say(f"batchyard dev: starting in {layout.root} ({kept} data)")
 
     natsd = NatsServer(layout.nats, port=port["nats"])
     await natsd.start()
     stack.push_async_callback(natsd.stop)
-    pg = PostgresServer(layout.pg, port=port["postgres"])
     if not pg.initialized:
+        shutil.rmtree(pg.data, ignore_errors=True)  # an initdb interrupted last time
         await pg.init()
     await pg.start()
     stack.push_async_callback(pg.stop)
@@ -267,10 +268,11 @@ async def _start(settings: Settings, args: argparse.Namespace, layout: Layout,
                   emulator_url=emulator_url, key_file=layout.key)
     log_path = layout.logs / "pods.log"
     with log_path.open("ab") as log:
+        offset = log.tell()
         pod = await _proc.spawn([sys.executable, "-m", "consumers", "run", "all"], env=env,
                                 stdout=log.fileno(), stderr=log.fileno())
     stack.push_async_callback(_proc.stop, pod, signal.SIGTERM, _STOP_GRACE_S)
-    await _until_started(pod, log_path, log_path.stat().st_size)
+    await _until_started(pod, log_path, offset)
     app = await App.open(settings.with_(
         nats_url=natsd.url, database_url=pg.url, nats_creds=None, nats_user=None,
         nats_password=None, nats_password_file=None, nats_tls_ca=None,
@@ -295,7 +297,7 @@ async def _start(settings: Settings, args: argparse.Namespace, layout: Layout,
         "",
         "ready; Ctrl-C stops the stack (the data stays)",
     ]))
-    return pod, app, env
+    return pod, app
 
 
 def _activate() -> list[str]:
