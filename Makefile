@@ -1,11 +1,11 @@
-# Two commands set everything up on a fresh Debian machine: `make demo` and `make test`.
+# Commands that set everything up on a fresh Debian machine: `make dev`, `make demo`, `make test`.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: all test demo deps venv lint typecheck unit bench chaos streams-export upgrade clean
+.PHONY: all test demo dev deps venv lint typecheck unit bench chaos streams-export upgrade clean
 
 all: test
 
@@ -79,6 +79,10 @@ test: deps lint typecheck unit
 
 demo: deps
 	$(BIN)/batchyard demo
+
+# A stack that stays up until Ctrl-C, its data kept in .batchyard/ (DEV_ARGS=--fresh: clean).
+dev: deps
+	$(BIN)/batchyard dev $(DEV_ARGS)
 
 bench: deps
 	$(UV) sync --frozen --extra test --extra bench --python $(PYTHON)

@@ -95,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     emulator.add_argument("args", nargs=argparse.REMAINDER)
 
     sub.add_parser("demo", help="the whole system on this machine")
+    dev = sub.add_parser("dev", help="a local stack that stays up until Ctrl-C, data kept")
+    dev.add_argument("--dir", type=Path, default=Path(".batchyard"),
+                     help="where the servers keep their data and ports (default .batchyard)")
+    dev.add_argument("--fresh", action="store_true", help="remove the kept data first")
+    dev.add_argument("--real", action="store_true",
+                     help="the real Gemini API with GEMINI_API_KEY instead of the emulator")
     asyncapi = sub.add_parser("asyncapi", help="print the event API as an AsyncAPI 3.0 document")
     asyncapi.add_argument("--schemas", type=Path, metavar="DIR",
                           help="also write each payload's JSON Schema into DIR")
@@ -195,6 +201,12 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> int:
     return await run_demo(settings)
 
 
+async def _dev(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.ops.dev import run_dev
+
+    return await run_dev(settings, args)
+
+
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
     from consumers.pod import role_names, run_roles
 
@@ -277,4 +289,5 @@ _HANDLERS: dict[str, Handler] = {
     "streams": _streams,
     "migrate": _migrate,
     "demo": _demo,
+    "dev": _dev,
 }

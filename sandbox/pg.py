@@ -44,6 +44,15 @@ def _run_as() -> str | None:
     return "postgres"
 
 
+def _check_reachable(root: Path, user: str) -> None:
+    # initdb's own error for this ("could not change directory") names no directory.
+    for parent in root.resolve().parents:
+        if not parent.stat().st_mode & 0o001:
+            raise RuntimeError(f"PostgreSQL runs as {user!r}, which cannot enter {parent} "
+                               f"(no search permission for others): choose a directory "
+                               f"under one it can, e.g. /tmp")
+
+
 class PostgresServer:
     """One postgres process; `stop()` and `start()` again keep port and data."""
 
@@ -62,8 +71,14 @@ class PostgresServer:
     def data(self) -> Path:
         return self.root / "data"
 
+    @property
+    def initialized(self) -> bool:
+        """Whether `data` already holds a cluster (a kept directory, started again)."""
+        return (self.data / "PG_VERSION").exists()
+
     async def init(self) -> None:
         if self.user:
+            _check_reachable(self.root, self.user)
             shutil.chown(self.root, self.user)
         initdb = await _proc.spawn(
             [pg_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import textwrap
+from pathlib import Path
 
 import asyncpg
 import nats
+import pytest
 
 from sandbox.natsd import nats_server
-from sandbox.pg import postgres_server
+from sandbox.pg import PostgresServer, postgres_server
 from tests.harness import alive, interrupted
 
 
@@ -47,7 +51,7 @@ async def test_ctrl_c_cleans_up() -> None:
     script = textwrap.dedent("""
         import asyncio, sys
         from sandbox.natsd import nats_server
-        from sandbox.pg import postgres_server
+        from sandbox.pg import PostgresServer, postgres_server
         async def main():
             async with nats_server() as n, postgres_server() as p:
                 print(n.proc.pid, p.proc.pid, n.store_dir, p.root, flush=True)
@@ -61,3 +65,14 @@ async def test_ctrl_c_cleans_up() -> None:
     npid, ppid, ndir, pdir = int(line[0]), int(line[1]), line[2], line[3]
     assert not alive(npid) and not alive(ppid)
     assert not os.path.exists(ndir) and not os.path.exists(pdir)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands PostgreSQL to another user")
+async def test_postgres_says_which_directory_it_cannot_enter() -> None:
+    """As root, a data directory under one `postgres` cannot enter fails naming it."""
+    closed = Path(tempfile.mkdtemp(prefix="batchyard-closed-"))  # 0700, root's
+    try:
+        with pytest.raises(RuntimeError, match=f"cannot enter {closed}"):
+            await PostgresServer(closed / "pg").init()
+    finally:
+        shutil.rmtree(closed, ignore_errors=True)
