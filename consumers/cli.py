@@ -23,7 +23,16 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _provisioning(sub)
+    _running(sub)
+    _reading(sub)
+    _letters(sub)
+    _local(sub)
+    return parser
 
+
+def _provisioning(sub: Any) -> None:
+    """Streams and migrate."""
     streams = sub.add_parser("streams", help="provision JetStream")
     ssub = streams.add_subparsers(dest="action", required=True)
     apply = ssub.add_parser("apply", help="create or update streams, consumers and buckets")
@@ -41,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     force = msub.add_parser("force", help="record VERSION as applied and clean (-1: none)")
     force.add_argument("version", type=int)
 
+
+def _running(sub: Any) -> None:
+    """Run and publish."""
     run = sub.add_parser("run", help="run consumer roles until SIGTERM")
     run.add_argument("roles", nargs="+", metavar="ROLE",
                      help="submit, poll, key-health, recovery, or all")
@@ -53,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--output-dimensionality", type=int)
     publish.add_argument("--source")
 
+
+def _reading(sub: Any) -> None:
+    """Status and batches."""
     status = sub.add_parser("status", help="batches, parked, dead, consumer lag, key health")
     status.add_argument("--json", action="store_true")
 
@@ -74,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
         help="send every item to Gemini, copying no stored vector (a model update, a suspect"
              " vector)")
 
+
+def _letters(sub: Any) -> None:
+    """Parked, dead and report."""
     parked = sub.add_parser("parked", help="messages parked on batch.auth_failed")
     psub = parked.add_subparsers(dest="action", required=True)
     psub.add_parser("list").add_argument("--json", action="store_true")
@@ -91,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="write it as Markdown (the only format)")
     report.add_argument("--output", type=Path, help="file to write (default: stdout)")
 
+
+def _local(sub: Any) -> None:
+    """Emulator, demo, dev and asyncapi."""
     emulator = sub.add_parser("emulator", help="the Gemini API emulator alone")
     emulator.add_argument("args", nargs=argparse.REMAINDER)
 
@@ -104,7 +125,6 @@ def _parser() -> argparse.ArgumentParser:
     asyncapi = sub.add_parser("asyncapi", help="print the event API as an AsyncAPI 3.0 document")
     asyncapi.add_argument("--schemas", type=Path, metavar="DIR",
                           help="also write each payload's JSON Schema into DIR")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
