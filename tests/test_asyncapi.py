@@ -94,7 +94,7 @@ def test_every_subject_and_stream_is_documented() -> None:
         subjects.SUBMIT: [subjects.submit_id("repo-42.c9", 3), subjects.replay_id(17),
                           subjects.held_id(99)],
         subjects.POLL: [subjects.poll_id("b1", 0), subjects.poll_id("b1", 2, 3),
-                        subjects.replay_id(5)],
+                        subjects.pack_poll_id("pk" + "0a" * 16), subjects.replay_id(5)],
         subjects.COMPLETED: [subjects.completed_id("b1", 1)],
         subjects.DEAD: [subjects.dead_id(12)],
         subjects.AUTH_FAILED: [subjects.parked_id(8)],

@@ -253,16 +253,7 @@ async def _start(settings: Settings, args: argparse.Namespace, layout: Layout,
         emulator_url, emulator_pid = emu.url, emu.process.pid
         layout.key.write_text(DEV_KEY)
 
-    nc = await nats.connect(natsd.url)
-    try:
-        await provision.apply(nc.jetstream())
-    finally:
-        await nc.close()
-    db = await asyncpg.connect(pg.url)
-    try:
-        await Migrator(db).up()
-    finally:
-        await db.close()
+    await _prepare(natsd.url, pg.url)
 
     env = pod_env(settings, nats_url=natsd.url, database_url=pg.url, http_port=port["http"],
                   emulator_url=emulator_url, key_file=layout.key)
@@ -279,8 +270,31 @@ async def _start(settings: Settings, args: argparse.Namespace, layout: Layout,
         gemini_base_url=emulator_url, concurrency=1), name="batchyard-dev")
     stack.push_async_callback(app.close)
 
+    screen.say(_banner(natsd, pg, layout, emulator_url, emulator_pid, pod, port, log_path,
+                       exports(env, args.real)))
+    return pod, app
+
+
+async def _prepare(nats_url: str, database_url: str) -> None:
+    """Streams and migrations, applied as every start does (both idempotent)."""
+    nc = await nats.connect(nats_url)
+    try:
+        await provision.apply(nc.jetstream())
+    finally:
+        await nc.close()
+    db = await asyncpg.connect(database_url)
+    try:
+        await Migrator(db).up()
+    finally:
+        await db.close()
+
+
+def _banner(natsd: NatsServer, pg: PostgresServer, layout: Layout, emulator_url: str | None,
+            emulator_pid: int, pod: asyncio.subprocess.Process, port: dict[str, int],
+            log_path: Path, exported: list[str]) -> str:
+    """What runs where, and what to type in another shell."""
     pids = (natsd.proc.pid if natsd.proc else 0, pg.proc.pid if pg.proc else 0)
-    screen.say("\n".join([
+    return "\n".join([
         f"  nats-server  {natsd.url}  (pid {pids[0]}, data in {layout.nats})",
         f"  PostgreSQL   {pg.url}  (pid {pids[1]}, data in {layout.pg})",
         f"  emulator     {emulator_url}  (pid {emulator_pid}, state in memory only)"
@@ -290,14 +304,13 @@ async def _start(settings: Settings, args: argparse.Namespace, layout: Layout,
         "",
         "In another shell:",
         *(f"  {line}" for line in _activate()),
-        *(f"  {line}" for line in exports(env, args.real)),
+        *(f"  {line}" for line in exported),
         "  batchyard publish FILE.jsonl --batch-id ID",
         "  batchyard status",
         "  nats stream view BATCH",
         "",
         "ready; Ctrl-C stops the stack (the data stays)",
-    ]))
-    return pod, app
+    ])
 
 
 def _activate() -> list[str]:
