@@ -3,6 +3,7 @@ member finishes as if the job had been its own."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -56,6 +57,11 @@ async def test_small_batches_share_one_job_and_finish_as_their_own(stack: Stack)
             assert abs(float(got @ want) / float(np.linalg.norm(want)) - 1) < 1e-3
     pack = await db.fetchrow("SELECT * FROM batchyard.packs")
     assert pack["state"] == "succeeded" and pack["display_name"] == packs[0]["display_name"]
+    code, out = await stack.cli("batches", "show", "s3", "--json")
+    assert code == 0, out
+    shown = json.loads(out)["packs"]
+    assert [(p["pack_id"], p["job_name"], p["items"]) for p in shown] == [
+        (pack["pack_id"], packs[0]["name"], 23)]
     assert await db.fetchval("SELECT count(*) FROM batchyard.pack_members") == len(reqs)
     await db.close()
     await nc.close()

@@ -105,6 +105,8 @@ async def batch(app: App, batch_id: str) -> dict[str, Any] | None:
                               "input_file", "requests_succeeded", "requests_failed",
                               "polled_at")}, "progress": _progress(r)}
         for r in await app.store.reports.jobs_of(batch_id)]
+    # A batch whose attempt went in a pack (CONTRACT §12): the pack and its job.
+    out["packs"] = [dict(r) for r in await app.store.packs.of_batch(batch_id)]
     out |= await costs.of_batch(app, batch_id, row["model"])
     return out
 
