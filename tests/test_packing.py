@@ -207,3 +207,42 @@ def test_a_pack_poll_names_a_pack_or_a_batch_never_both() -> None:
         except InvalidMessage:
             continue
         raise AssertionError(f"accepted {bad!r}")
+
+
+async def test_cancelling_a_member_drops_only_its_results(stack: Stack) -> None:
+    await stack.emulator.set_faults(job_pending_s=0, job_running_s=600)
+    await stack.pod("submit", "poll", **PACK)
+    nc = await stack.nc()
+    for n in range(3):
+        await submit(nc, batch(f"c{n}", 20))
+    db = await stack.db()
+    await wait_for(lambda: db.fetchval(
+        "SELECT count(*) = 3 FROM batchyard.batches WHERE status = 'submitted'"), 60,
+        what="the pack's job running")
+    code, out = await stack.cli("batches", "cancel", "c1")
+    assert code == 0 and "goes on for the other members" in out, out
+    await stack.emulator.advance(600)
+    done = await wait_for(lambda: db.fetchval(
+        "SELECT count(*) = 2 FROM batchyard.batches WHERE status = 'succeeded'"), 60,
+        what="the other members finished")
+    assert done
+    counts = dict(await db.fetch("SELECT batch_id, count(*) FROM batchyard.embeddings"
+                                 " GROUP BY batch_id"))
+    assert counts == {"c0": 20, "c2": 20}
+    assert await db.fetchval("SELECT status FROM batchyard.batches"
+                             " WHERE batch_id = 'c1'") == "cancelled"
+
+    # A pack whose every member is cancelled has its job cancelled, and its slot back.
+    for n in range(2):
+        await submit(nc, batch(f"x{n}", 20))
+    await wait_for(lambda: db.fetchval(
+        "SELECT count(*) = 2 FROM batchyard.batches WHERE batch_id LIKE 'x%'"
+        " AND status = 'submitted'"), 60, what="the second pack's job running")
+    assert "goes on" in (await stack.cli("batches", "cancel", "x0"))[1]
+    code, out = await stack.cli("batches", "cancel", "x1")
+    assert code == 0 and "cancelled (no member left)" in out, out
+    await wait_for(lambda: db.fetchval(
+        "SELECT count(*) = 0 FROM batchyard.packs WHERE state IN"
+        " ('creating', 'pending', 'running')"), 60, what="every pack's slot back")
+    await db.close()
+    await nc.close()

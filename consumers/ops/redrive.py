@@ -8,7 +8,7 @@ the command read.
 from __future__ import annotations
 
 from consumers.app import App
-from consumers.batch import shards
+from consumers.batch import packing, shards
 from consumers.batch.inputs import load_input, next_attempt
 from consumers.errors import BatchyardError
 from consumers.gemini.client import TERMINAL
@@ -96,4 +96,21 @@ async def cancel(app: App, batch_id: str) -> str:
                                          status="cancelled")
     if not changed:
         return f"batch {batch_id} changed meanwhile: nothing done"
+    if (pack_id := await app.store.packs.pack_of(batch_id, int(row["attempt"]))) is not None:
+        notes.append(await _cancel_pack(app, pack_id))
     return f"cancelled batch {batch_id} (was {row['status']}){''.join(notes)}"
+
+
+async def _cancel_pack(app: App, pack_id: str) -> str:
+    """A pack member cancelled: its results are dropped when the job ends (the poll
+    settles live members only); the job itself is cancelled once no member is live."""
+    if await packing.members(app, pack_id):
+        return f", its pack {pack_id} goes on for the other members"
+    pack = await app.store.packs.get(pack_id)
+    if pack is None or pack["state"] not in ("pending", "running") or not pack["job_name"]:
+        return f", its pack {pack_id} has no running job"
+    try:
+        await app.gemini.cancel_job(pack["job_name"])
+    except BatchyardError as exc:
+        return f", pack job {pack['job_name']} not cancelled ({exc.message})"
+    return f", pack job {pack['job_name']} cancelled (no member left)"
