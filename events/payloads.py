@@ -133,13 +133,24 @@ class ErrorDetail(Struct, frozen=True, kw_only=True):
 
 
 class AuthFailed(_Payload, frozen=True, kw_only=True):
-    batch_id: Id
+    batch_id: Id | None = None
     stage: Stage
     subject: Literal["batch.submit", "batch.poll"]
     payload: dict[str, Any]
     key_fingerprint: str
     error: ErrorDetail
     failed_at: datetime
+    pack: PackId | None = None  # a pack's poll, parked once for the pack (CONTRACT §12)
+    batches: list[Id] | None = None  # and its member batches
+
+    def __post_init__(self) -> None:
+        if (self.batch_id is None) == (self.pack is None):
+            raise ValueError("exactly one of batch_id or pack is required")
+
+    @property
+    def batch_ids(self) -> list[str]:
+        """The batches this parked message holds: its own, or a pack's members."""
+        return [self.batch_id] if self.batch_id is not None else list(self.batches or [])
 
 
 class Completed(_Payload, frozen=True, kw_only=True):

@@ -246,3 +246,40 @@ async def test_cancelling_a_member_drops_only_its_results(stack: Stack) -> None:
         " ('creating', 'pending', 'running')"), 60, what="every pack's slot back")
     await db.close()
     await nc.close()
+
+
+async def test_key_expiry_while_a_pack_runs_parks_it_once_and_resumes_the_same_job(
+        stack: Stack) -> None:
+    from tests.conftest import KEY
+    from tests.test_auth_path import NEW_KEY, _n_parked, _parked, _rotate
+
+    await stack.emulator.set_faults(job_pending_s=1, job_running_s=600)
+    await stack.emulator.set_key(NEW_KEY, "valid")
+    await stack.pod("submit", "poll", **PACK)
+    await stack.pod("key-health")
+    await stack.pod("recovery")
+    nc = await stack.nc()
+    for n in range(4):
+        await submit(nc, batch(f"a{n}", 20))
+    db = await stack.db()
+    await wait_for(lambda: db.fetchval(
+        "SELECT count(*) = 4 FROM batchyard.batches WHERE status = 'submitted'"), 60,
+        what="the pack's job running")
+    await stack.emulator.set_key(KEY, "expired")
+    await wait_for(lambda: _n_parked(stack, 1), 60, what="the pack's poll parked")
+    assert await _parked(stack) == 1  # once for the pack
+    assert dict(await db.fetch("SELECT status, count(*) FROM batchyard.batches"
+                               " GROUP BY status")) == {"auth_failed": 4}
+    parked = json.loads((await stack.cli("parked", "list", "--json"))[1])
+    assert [p["batch_id"] for p in parked] == [
+        await db.fetchval("SELECT pack_id FROM batchyard.packs")]
+    await _rotate(stack, NEW_KEY)
+    await wait_for(lambda: db.fetchval(
+        "SELECT count(*) = 4 FROM batchyard.batches WHERE status = 'submitted'"), 60,
+        what="the pack's poll replayed")
+    await stack.emulator.advance(600)
+    assert await wait_finished(stack, 4) == {"succeeded": 4}
+    packs = _packs(await stack.emulator.state())
+    assert len(packs) == 1 and len((await stack.emulator.state())["jobs"]) == 1
+    await db.close()
+    await nc.close()

@@ -42,25 +42,32 @@ def object_name(name: str) -> str:
     return f"object.{name}"
 
 
-async def keep(app: App, msg: Msg, stage: Stage) -> None:
-    """Copy what the replay of `msg` will read from an ageing stream (idempotent)."""
+async def keep(app: App, msg: Msg, stage: Stage, batches: list[str] | None = None) -> None:
+    """Copy what the replay of `msg` will read from an ageing stream (idempotent); for a
+    pack's poll, what each of its member `batches` will read."""
     if stage == "submit":
         req = decode(msg.data, SubmitRequest)
-        owner = Owner(req.batch_id, req.attempt)
-    else:
-        poll = decode(msg.data, PollRequest)
-        owner = Owner(poll.batch, poll.attempt)
-        row = await app.store.get(poll.batch)
-        if row is None or row["input_seq"] is None:
-            return
-        seq = int(row["input_seq"])
-        try:
-            raw = await app.js.get_msg(defs.BATCH, seq)
-        except NotFoundError:
-            return  # already gone: the replay will say so
-        data = raw.data or b""
-        await _put(app.kept, message_name(seq), data, owner)
-        req = decode(data, SubmitRequest)
+        if req.items_object is not None:
+            await _copy(app, req.items_object, Owner(req.batch_id, req.attempt))
+        return
+    for batch_id in batches if batches is not None else [decode(msg.data, PollRequest).batch]:
+        await _keep_input(app, batch_id)
+
+
+async def _keep_input(app: App, batch_id: str) -> None:
+    """The batch.submit a poll-stage replay reads back (and its items_object)."""
+    row = await app.store.get(batch_id)
+    if row is None or row["input_seq"] is None:
+        return
+    owner = Owner(batch_id, int(row["attempt"]))
+    seq = int(row["input_seq"])
+    try:
+        raw = await app.js.get_msg(defs.BATCH, seq)
+    except NotFoundError:
+        return  # already gone: the replay will say so
+    data = raw.data or b""
+    await _put(app.kept, message_name(seq), data, owner)
+    req = decode(data, SubmitRequest)
     if req.items_object is not None:
         await _copy(app, req.items_object, owner)
 

@@ -100,8 +100,12 @@ def _last_delivery(msg: Msg, stage: Stage) -> bool:
 
 
 async def park(app: App, msg: Msg, *, stage: Stage, batch_id: str, attempt: int,
-               error: AuthError) -> None:
-    """Mark the batch auth_failed (never failed), then park `msg` on batch.auth_failed."""
+               error: AuthError, pack: tuple[str, list[tuple[str, int]]] | None = None,
+               ) -> None:
+    """Mark the batch auth_failed (never failed), then park `msg` on batch.auth_failed.
+
+    A pack's poll (`pack`: its id and its live members' batch ids and attempts) is parked
+    once for the pack, every member marked auth_failed."""
     fingerprint = app.keys.fingerprint
     if app.guard.stale(fingerprint) and not _last_delivery(msg, stage):
         # Another key is already known valid: retry soon with it instead of parking. On
@@ -113,19 +117,22 @@ async def park(app: App, msg: Msg, *, stage: Stage, batch_id: str, attempt: int,
     if error.status != "KEY_MARKED_INVALID":
         await app.guard.mark_invalid(fingerprint, error.message)
     # Its input outlives BATCH's and BATCH_INPUTS' 7 days for as long as it is parked.
-    await kept.keep(app, msg, stage)
+    await kept.keep(app, msg, stage, [m for m, _ in pack[1]] if pack else None)
     # The row first: once parked, the message can be replayed at any moment, and the
     # replay must find the batch auth_failed. A crash in between leaves the original
     # unacked; its redelivery fails the same way and parks it then.
-    await app.store.update(
-        batch_id, {"attempt": attempt, "status": list(LIVE)},
-        status="auth_failed", key_fingerprint=fingerprint,
-        last_error=f"{error.code} {error.status}: {error.message}")
+    for member, member_attempt in pack[1] if pack else [(batch_id, attempt)]:
+        await app.store.update(
+            member, {"attempt": member_attempt, "status": list(LIVE)},
+            status="auth_failed", key_fingerprint=fingerprint,
+            last_error=f"{error.code} {error.status}: {error.message}")
     payload = original(msg.data)
-    parked = AuthFailed(batch_id=batch_id, stage=stage,
+    parked = AuthFailed(batch_id=None if pack else batch_id, stage=stage,
                         subject=subjects.SUBMIT if stage == "submit" else subjects.POLL,
                         payload=payload if isinstance(payload, dict) else {},
-                        key_fingerprint=fingerprint, error=error.detail(), failed_at=utcnow())
+                        key_fingerprint=fingerprint, error=error.detail(), failed_at=utcnow(),
+                        pack=pack[0] if pack else None,
+                        batches=[m for m, _ in pack[1]] if pack else None)
     await publish(app.js, subjects.AUTH_FAILED, parked,
                   subjects.parked_id(msg.metadata.sequence.stream))
     metrics.PARKED.labels(stage).inc()

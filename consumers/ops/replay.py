@@ -23,15 +23,14 @@ async def replay_one(app: App, data: bytes, seq: int) -> str | None:
         log.error("parked.unreadable", seq=seq, reason=exc.reason)
         return None
     status = "pending_submission" if parked.stage == "submit" else "submitted"
-    await app.store.update(parked.batch_id, {"status": "auth_failed"}, status=status,
-                           last_error=None)
+    await app.store.unpark(parked.batch_ids, status)
     await publish(app.js, parked.subject, encode(parked.payload), subjects.replay_id(seq))
     try:
         await app.js.delete_msg(defs.BATCH_PARKED, seq)
     except NotFoundError:
         pass  # another pod replayed it first
     metrics.REPLAYED.labels(parked.stage).inc()
-    return parked.batch_id
+    return parked.batch_id or parked.pack
 
 
 async def replay_by_hand(app: App, batch_id: str | None = None) -> int:
@@ -45,7 +44,7 @@ async def replay_by_hand(app: App, batch_id: str | None = None) -> int:
             continue
         if batch_id is not None:
             try:
-                if decode(raw.data or b"", AuthFailed).batch_id != batch_id:
+                if batch_id not in decode(raw.data or b"", AuthFailed).batch_ids:
                     continue
             except InvalidMessage:
                 continue

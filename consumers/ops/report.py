@@ -143,7 +143,7 @@ async def parked(app: App) -> list[dict[str, Any]]:
         except InvalidMessage as exc:
             out.append({"seq": seq, "error": exc.reason})
             continue
-        out.append({"seq": seq, "batch_id": p.batch_id, "stage": p.stage,
+        out.append({"seq": seq, "batch_id": p.batch_id or p.pack, "stage": p.stage,
                     "key_fingerprint": p.key_fingerprint,
                     "error": f"{p.error.code} {p.error.status}: {p.error.message}",
                     "failed_at": p.failed_at})

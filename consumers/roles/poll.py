@@ -141,9 +141,12 @@ class Poll:
             if not claimed:
                 return nak(app.settings.poll_interval, "busy")
             await app.quota.pack_finished(pack_id, job.state)
-            # A redelivery finds the members it settled already moved on.
+            # A redelivery finds the members it settled already moved on. Members still
+            # auth_failed were parked with this poll, replayed before their rows moved.
             found = [m for m in await packing.members(app, pack_id)
-                     if m.status == "submitted" and m.job_name == job.name]
+                     if m.status in ("submitted", "auth_failed") and m.job_name == job.name]
+            if parked := [m.batch_id for m in found if m.status == "auth_failed"]:
+                await app.store.unpark(parked, "submitted")
             if found:
                 failures, whole = await self._results(job, packing.combined(found))
                 for m in found:
@@ -258,11 +261,12 @@ class Poll:
 
     async def park(self, msg: Msg, error: AuthError) -> Outcome:
         req = decode(msg.data, PollRequest)
-        if req.pack is not None:
-            # A pack's poll waits for a valid key on its own message (the poll consumer
-            # has no delivery limit); its members stay submitted.
-            log.warning("pack.waiting_for_key", pack=req.pack, error=error.message)
-            return nak(self.app.settings.poll_interval, "auth")
+        if req.pack is not None:  # parked once for the pack, every member auth_failed
+            live = [(m.batch_id, m.attempt) for m in await packing.members(self.app, req.pack)
+                    if m.job_name == req.job_name]
+            await letters.park(self.app, msg, stage="poll", batch_id=req.pack,
+                               attempt=req.attempt, error=error, pack=(req.pack, live))
+            return ACK
         await letters.park(self.app, msg, stage="poll", batch_id=req.batch,
                            attempt=req.attempt, error=error)
         return ACK

@@ -35,10 +35,15 @@ log = structlog.get_logger("batchyard.recovery")
 class _Parked(msgspec.Struct, frozen=True):
     """What a replay needs of a parked message; its payload is passed on untouched."""
 
-    batch_id: str
     stage: Literal["submit", "poll"]
     subject: Literal["batch.submit", "batch.poll"]
     payload: msgspec.Raw
+    batch_id: str | None = None
+    batches: list[str] | None = None  # a pack's members
+
+    @property
+    def batch_ids(self) -> list[str]:
+        return [self.batch_id] if self.batch_id is not None else list(self.batches or [])
 
 
 _parked = msgspec.json.Decoder(_Parked)
@@ -121,7 +126,7 @@ async def _replay_batch(app: App, msgs: list[Msg]) -> int:
             await msg.term()
     try:
         for stage, status in (("submit", "pending_submission"), ("poll", "submitted")):
-            ids = [p.batch_id for _, p in parked if p.stage == stage]
+            ids = [b for _, p in parked if p.stage == stage for b in p.batch_ids]
             if ids:
                 await app.store.unpark(ids, status)
         failpoints.hit("replay.after_rows")
@@ -138,7 +143,7 @@ async def _replay_batch(app: App, msgs: list[Msg]) -> int:
     done = 0
     for (msg, p), result in zip(parked, results, strict=True):
         if isinstance(result, BaseException):
-            log.warning("replay.failed", batch_id=p.batch_id, error=repr(result))
+            log.warning("replay.failed", batches=p.batch_ids, error=repr(result))
             await msg.nak(delay=backoff(msg.metadata.num_delivered))
             continue
         await msg.ack()
