@@ -62,6 +62,9 @@ class Stack:
     tmp: Path
     pods: list[Pod] = field(default_factory=list)
     overrides: dict[str, str] = field(default_factory=dict)
+    # Every connection handed out, closed at teardown even when a test's assert failed
+    # before its own close.
+    opened: list[NATS | asyncpg.Connection] = field(default_factory=list)
 
     @property
     def key_file(self) -> Path:
@@ -98,6 +101,11 @@ class Stack:
         await wait_for(lambda: _all_started(self.pods), timeout, what="pods started")
 
     async def stop_all(self) -> None:
+        for conn in self.opened:
+            # asyncpg's is_closed is a method, nats-py's a property.
+            closed = conn.is_closed() if isinstance(conn, asyncpg.Connection) else conn.is_closed
+            if not closed:
+                await conn.close()
         for pod in self.pods:
             if pod.proc.returncode is None:
                 try:
@@ -117,10 +125,14 @@ class Stack:
         return proc.returncode or 0, out.decode()
 
     async def nc(self) -> NATS:
-        return await nats.connect(self.natsd.url)
+        nc = await nats.connect(self.natsd.url)
+        self.opened.append(nc)
+        return nc
 
     async def db(self) -> asyncpg.Connection:
-        return await asyncpg.connect(self.database_url)
+        db = await asyncpg.connect(self.database_url)
+        self.opened.append(db)
+        return db
 
 
 async def _all_started(pods: list[Pod]) -> bool:

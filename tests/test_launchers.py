@@ -14,7 +14,7 @@ import pytest
 
 from sandbox.natsd import nats_server
 from sandbox.pg import PostgresServer, postgres_server
-from tests.harness import alive, interrupted
+from tests.harness import Stack, alive, interrupted
 
 
 async def test_nats_restart_keeps_port_and_messages() -> None:
@@ -76,3 +76,10 @@ async def test_postgres_says_which_directory_it_cannot_enter() -> None:
             await PostgresServer(closed / "pg").init()
     finally:
         shutil.rmtree(closed, ignore_errors=True)
+
+
+async def test_the_stack_closes_every_connection_it_handed_out(stack: Stack) -> None:
+    """A test whose assert fails before its own close leaks nothing: teardown closes it."""
+    nc, db = await stack.nc(), await stack.db()
+    await stack.stop_all()
+    assert nc.is_closed and db.is_closed()
