@@ -157,7 +157,7 @@ VARS: tuple[Var, ...] = (
     Var("BATCHYARD_REUSE_EMBEDDINGS", "reuse_embeddings", "true", boolean,
         "copy a stored vector for a text already embedded (same model, dims, task type)"
         " instead of paying for it again"),
-    Var("BATCHYARD_PACK_WAIT", "pack_wait", "0", duration,
+    Var("BATCHYARD_PACK_WAIT", "pack_wait", "20s", duration,
         "small batches share one job, sealed this long after its first joined (0: off)"),
 )
 

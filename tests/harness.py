@@ -28,6 +28,9 @@ FAST = {
     "BATCHYARD_DRAIN_TIMEOUT": "10s",
     "BATCHYARD_GEMINI_TIMEOUT": "20s",
     "BATCHYARD_LOG_LEVEL": "info",
+    # Packing (on by default, 20s) is tested in test_packing.py and by the chaos suite;
+    # elsewhere a test means one batch, one job, and no 20 s wait.
+    "BATCHYARD_PACK_WAIT": "0",
 }
 
 

@@ -283,3 +283,33 @@ async def test_key_expiry_while_a_pack_runs_parks_it_once_and_resumes_the_same_j
     assert len(packs) == 1 and len((await stack.emulator.state())["jobs"]) == 1
     await db.close()
     await nc.close()
+
+
+async def test_a_bad_key_at_sealing_parks_each_members_own_message(stack: Stack) -> None:
+    from tests.conftest import KEY
+    from tests.test_auth_path import NEW_KEY, _n_parked, _parked, _rotate
+
+    await stack.emulator.set_key(NEW_KEY, "valid")
+    await stack.emulator.set_key(KEY, "expired")
+    await stack.pod("submit", "poll", BATCHYARD_PACK_WAIT="2s")
+    await stack.pod("key-health")
+    await stack.pod("recovery")
+    nc = await stack.nc()
+    for n in range(3):
+        await submit(nc, batch(f"k{n}", 20))
+    await wait_for(lambda: _n_parked(stack, 3), 60, what="each member parked")
+    assert await _parked(stack) == 3  # one park a member, none for the pack
+    db = await stack.db()
+    assert dict(await db.fetch("SELECT status, count(*) FROM batchyard.batches"
+                               " GROUP BY status")) == {"auth_failed": 3}
+    parked = json.loads((await stack.cli("parked", "list", "--json"))[1])
+    assert sorted(p["batch_id"] for p in parked) == ["k0", "k1", "k2"]
+    assert await db.fetchval("SELECT state FROM batchyard.packs") == "cancelled"
+    assert (await stack.emulator.state())["jobs"] == []
+    await _rotate(stack, NEW_KEY)
+    assert await wait_finished(stack, 3) == {"succeeded": 3}
+    packs = _packs(await stack.emulator.state())
+    assert len(packs) == 1 and packs[0]["request_count"] == 60, packs  # packed again
+    assert await db.fetchval("SELECT count(*) FROM batchyard.pack_members") == 3
+    await db.close()
+    await nc.close()

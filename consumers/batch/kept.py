@@ -15,7 +15,6 @@ import tempfile
 
 import msgspec
 import structlog
-from nats.aio.msg import Msg
 from nats.js.api import ObjectMeta
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
@@ -42,15 +41,15 @@ def object_name(name: str) -> str:
     return f"object.{name}"
 
 
-async def keep(app: App, msg: Msg, stage: Stage, batches: list[str] | None = None) -> None:
-    """Copy what the replay of `msg` will read from an ageing stream (idempotent); for a
-    pack's poll, what each of its member `batches` will read."""
+async def keep(app: App, data: bytes, stage: Stage, batches: list[str] | None = None) -> None:
+    """Copy what the replay of a message (`data`) will read from an ageing stream
+    (idempotent); for a pack's poll, what each of its member `batches` will read."""
     if stage == "submit":
-        req = decode(msg.data, SubmitRequest)
+        req = decode(data, SubmitRequest)
         if req.items_object is not None:
             await _copy(app, req.items_object, Owner(req.batch_id, req.attempt))
         return
-    for batch_id in batches if batches is not None else [decode(msg.data, PollRequest).batch]:
+    for batch_id in batches if batches is not None else [decode(data, PollRequest).batch]:
         await _keep_input(app, batch_id)
 
 

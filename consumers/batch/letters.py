@@ -117,26 +117,44 @@ async def park(app: App, msg: Msg, *, stage: Stage, batch_id: str, attempt: int,
     if error.status != "KEY_MARKED_INVALID":
         await app.guard.mark_invalid(fingerprint, error.message)
     # Its input outlives BATCH's and BATCH_INPUTS' 7 days for as long as it is parked.
-    await kept.keep(app, msg, stage, [m for m, _ in pack[1]] if pack else None)
+    await kept.keep(app, msg.data, stage, [m for m, _ in pack[1]] if pack else None)
+    await _park(app, msg.data, msg.metadata.sequence.stream, stage=stage, error=error,
+                members=pack[1] if pack else [(batch_id, attempt)],
+                pack=pack[0] if pack else None)
+
+
+async def park_members(app: App, members: list[tuple[str, int, int, bytes]],
+                       error: AuthError) -> None:
+    """A pack whose job could not be created for a bad key: each member's own batch.submit
+    (`members`: batch id, attempt, stream sequence, data) is parked (CONTRACT §12)."""
+    if error.status != "KEY_MARKED_INVALID":
+        await app.guard.mark_invalid(app.keys.fingerprint, error.message)
+    for batch_id, attempt, seq, data in members:
+        await kept.keep(app, data, "submit")
+        await _park(app, data, seq, stage="submit", error=error, members=[(batch_id, attempt)])
+
+
+async def _park(app: App, data: bytes, seq: int, *, stage: Stage, error: AuthError,
+                members: list[tuple[str, int]], pack: str | None = None) -> None:
+    fingerprint = app.keys.fingerprint
     # The row first: once parked, the message can be replayed at any moment, and the
     # replay must find the batch auth_failed. A crash in between leaves the original
-    # unacked; its redelivery fails the same way and parks it then.
-    for member, member_attempt in pack[1] if pack else [(batch_id, attempt)]:
+    # unacked (or a pack's members unparked); the next round fails the same way.
+    for member, member_attempt in members:
         await app.store.update(
             member, {"attempt": member_attempt, "status": list(LIVE)},
             status="auth_failed", key_fingerprint=fingerprint,
             last_error=f"{error.code} {error.status}: {error.message}")
-    payload = original(msg.data)
-    parked = AuthFailed(batch_id=None if pack else batch_id, stage=stage,
+    payload = original(data)
+    parked = AuthFailed(batch_id=None if pack else members[0][0], stage=stage,
                         subject=subjects.SUBMIT if stage == "submit" else subjects.POLL,
                         payload=payload if isinstance(payload, dict) else {},
                         key_fingerprint=fingerprint, error=error.detail(), failed_at=utcnow(),
-                        pack=pack[0] if pack else None,
-                        batches=[m for m, _ in pack[1]] if pack else None)
-    await publish(app.js, subjects.AUTH_FAILED, parked,
-                  subjects.parked_id(msg.metadata.sequence.stream))
+                        pack=pack, batches=[m for m, _ in members] if pack else None)
+    await publish(app.js, subjects.AUTH_FAILED, parked, subjects.parked_id(seq))
     metrics.PARKED.labels(stage).inc()
-    log.warning("message.parked", error=error.message, key_fingerprint=fingerprint)
+    log.warning("message.parked", error=error.message, key_fingerprint=fingerprint,
+                batch_id=members[0][0] if not pack else None, pack=pack)
 
 
 def unsettled(info: ConsumerInfo) -> int:

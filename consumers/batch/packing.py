@@ -11,15 +11,17 @@ job had been its own.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
+import asyncpg
 import structlog
 from nats.js.errors import NotFoundError
 
 from consumers.app import App
-from consumers.batch import kept, reuse
+from consumers.batch import kept, letters, reuse
 from consumers.batch.inputs import Input
-from consumers.errors import PermanentError
+from consumers.errors import AuthError, PermanentError
 from events import jetstream as defs
 from events import subjects
 from events.payloads import ErrorDetail, Item, SubmitRequest
@@ -30,6 +32,7 @@ log = structlog.get_logger("batchyard.packing")
 # pack's input, held whole while its job is created, within a pod's memory.
 MAX_PACK_ITEMS = 100_000
 LIVE = ("submitting", "submitted", "auth_failed")
+LOAD_AT_ONCE = 32
 
 
 @dataclass(frozen=True)
@@ -61,13 +64,14 @@ async def join(app: App, inp: Input) -> str:
 async def members(app: App, pack_id: str) -> list[Member]:
     """The pack's members still on the attempt they joined with (a batch re-driven or
     cancelled meanwhile is left out)."""
-    out = []
-    for m in await app.store.packs.members(pack_id):
-        row = await app.store.get(m["batch_id"])
-        if row is None or row["attempt"] != m["attempt"] or row["status"] not in LIVE:
-            continue
-        out.append(Member(m["batch_id"], m["attempt"], await reuse.load(app, row),
-                          row["status"], row["job_name"]))
+    rows = [r for r in await app.store.packs.member_rows(pack_id)
+            if r["attempt"] == r["joined_attempt"] and r["status"] in LIVE]
+    out: list[Member] = []
+    for at in range(0, len(rows), LOAD_AT_ONCE):  # a round trip each, a few in flight
+        some = rows[at:at + LOAD_AT_ONCE]
+        loaded = await asyncio.gather(*(reuse.load(app, r) for r in some))
+        out += [Member(r["batch_id"], r["attempt"], inp, r["status"], r["job_name"])
+                for r, inp in zip(some, loaded, strict=True)]
     return out
 
 
@@ -98,18 +102,38 @@ async def refused(app: App, pack_id: str, found: list[Member], error: PermanentE
     log.warning("pack.refused", pack=pack_id, error=error.message)
     await app.store.packs.finished(pack_id, "failed")
     for m in found:
-        row = await app.store.get(m.batch_id)
-        if row is None or row["attempt"] != m.attempt or row["input_seq"] is None:
+        if (own := await _message(app, m)) is None:
             continue
-        seq = int(row["input_seq"])
-        try:
-            data = (await app.js.get_msg(defs.BATCH, seq)).data or b""
-        except NotFoundError:
-            if (copy := await kept.message(app, seq)) is None:
-                log.error("pack.member_lost", batch_id=m.batch_id, seq=seq)
-                continue
-            data = copy
+        row, _, data = own
         await app.store.update(m.batch_id, {"attempt": m.attempt, "status": "submitting"},
                                status="pending_submission", last_error=error.message,
                                job_failures=int(row["job_failures"]) + 1)
         await publish(app.js, subjects.SUBMIT, data, f"unpacked:{pack_id}:{m.batch_id}")
+
+
+async def key_refused(app: App, pack_id: str, found: list[Member], error: AuthError) -> None:
+    """The pack's job cannot be created for a bad key: each member's own batch.submit is
+    parked (CONTRACT §12), and its replay joins a new pack."""
+    log.warning("pack.key_refused", pack=pack_id, error=error.message)
+    own = []
+    for m in found:
+        if (got := await _message(app, m)) is not None:
+            own.append((m.batch_id, m.attempt, got[1], got[2]))
+    await letters.park_members(app, own, error)
+    await app.store.packs.finished(pack_id, "cancelled")
+
+
+async def _message(app: App, m: Member) -> tuple[asyncpg.Record, int, bytes] | None:
+    """A member's row, and its own batch.submit (its sequence and data) from BATCH or,
+    once aged out there, from BATCH_KEPT."""
+    row = await app.store.get(m.batch_id)
+    if row is None or row["attempt"] != m.attempt or row["input_seq"] is None:
+        return None
+    seq = int(row["input_seq"])
+    try:
+        return row, seq, (await app.js.get_msg(defs.BATCH, seq)).data or b""
+    except NotFoundError:
+        if (copy := await kept.message(app, seq)) is None:
+            log.error("pack.member_lost", batch_id=m.batch_id, seq=seq)
+            return None
+        return row, seq, copy

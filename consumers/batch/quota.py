@@ -91,6 +91,7 @@ class Quota:
         await self._job_ended()
 
     async def _job_ended(self) -> None:
+        await self.store.packs.wake()
         gate, revision = await self.read()
         if gate is not None and gate.state == "closed":
             opened = QuotaGate(state="open", reason="a job finished", checked_at=_now(),

@@ -7,6 +7,7 @@ finished here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import asyncpg
@@ -60,22 +61,32 @@ class Submit:
         """The sealer: packs that are full or have waited long enough get their job."""
         if not self.app.settings.pack_wait:
             return
+        woke = asyncio.Event()
         while True:
-            await asyncio.sleep(SEAL_EVERY)
             try:
-                for pack_id in await self.app.store.packs.due(self.app.settings.pack_wait,
-                                                              SEAL_EVERY * 4):
-                    await self._seal(pack_id)
+                async with self.app.store.packs.woken(woke.set) as listening:
+                    while listening():
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(woke.wait(), SEAL_EVERY)
+                        woke.clear()
+                        await self._seal_due()
             except (BatchyardError, PublishError, NatsError, TimeoutError) as exc:
                 log.warning("pack.seal_failed", error=repr(exc))
+                await asyncio.sleep(SEAL_EVERY)
+
+    async def _seal_due(self) -> None:
+        for pack_id in await self.app.store.packs.due(self.app.settings.pack_wait,
+                                                      SEAL_EVERY * 4):
+            await self._seal(pack_id)
 
     async def _seal(self, pack_id: str) -> None:
         """Take the pack's slot and create its job once (a retry adopts the job a lost
-        answer made), then hand it to poll. Waits, without calling, while the key is bad,
-        the gate is closed or there is no room."""
+        answer made), then hand it to poll. Waits, without calling, while the gate is
+        closed or there is no room; a bad key parks each member's own message."""
         app = self.app
+        began = time.monotonic()
         async with app.store.claim(f"pack:{pack_id}") as claimed:
-            if not claimed or not app.guard.usable(app.keys.fingerprint):
+            if not claimed:
                 return
             s = app.settings
             admitted = await app.store.packs.admit(pack_id, s.max_active_jobs,
@@ -99,8 +110,14 @@ class Submit:
                         await app.store.packs.release(pack_id)
                         await app.quota.close(exc.delay, exc.message)
                     return  # else the job may exist: the next round adopts it
-                except AuthError:
-                    await app.store.packs.release(pack_id)  # the key guard holds it now
+                except AuthError as exc:
+                    if adopt or app.guard.stale(app.keys.fingerprint):
+                        # A newer key is valid (the next round uses it), or the job may
+                        # exist from a lost answer: a new pack could pay for it twice.
+                        app.keys.refresh()
+                        await app.store.packs.release(pack_id)
+                        return
+                    await packing.key_refused(app, pack_id, found, exc)
                     return
                 except PermanentError as exc:
                     await packing.refused(app, pack_id, found, exc)
@@ -108,15 +125,12 @@ class Submit:
                 await app.store.packs.created(pack_id, job.name, input_file)
                 await costs.submitted(app, inp, "batch")
                 await app.quota.succeeded()
-                for m in found:
-                    await app.store.update(
-                        m.batch_id, {"attempt": m.attempt, "status": "submitting"},
-                        status="submitted", job_name=job.name, input_file=input_file,
-                        submitted_at=utcnow(), last_error=None)
+                await app.store.packs.submitted([(m.batch_id, m.attempt) for m in found],
+                                                job.name, input_file)
                 poll = PollRequest(pack=pack_id, job_name=job.name)
                 await publish(app.js, subjects.POLL, poll, subjects.pack_poll_id(pack_id))
                 log.info("pack.submitted", job_name=job.name, batches=len(found),
-                         items=len(inp.items))
+                         items=len(inp.items), took_s=round(time.monotonic() - began, 3))
 
     def retry_delay(self, msg: Msg, error: RetryableError) -> float:
         return backoff(msg.metadata.num_delivered, error.delay)

@@ -9,6 +9,8 @@ pack is open and on how many jobs (packs included) hold a slot.
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import asyncpg
 
@@ -34,6 +36,9 @@ SELECT (SELECT count(*) FROM batchyard.jobs
 """
 LOCK_JOIN = "SELECT pg_advisory_xact_lock(hashtext('batchyard.packs'))"
 LOCK_ADMIT = "SELECT pg_advisory_xact_lock(hashtext('batchyard.admission'))"
+# A slot given back or a pack sealed full wakes every sealer at once, rather than at its
+# next look: with jobs of seconds, the look's interval is a share of the quota lost.
+WAKE = "batchyard_sealer"
 
 
 def new_pack_id() -> str:
@@ -51,6 +56,13 @@ class Packs:
         opened); returns its pack id. Joining again is a no-op that returns the same."""
         async with db_errors(), self.pool.acquire() as conn, conn.transaction():
             await conn.execute(LOCK_JOIN)
+            # A pack that ended with no job (its members parked for a bad key) holds the
+            # attempt no longer: the replay joins another.
+            await conn.execute(
+                "DELETE FROM batchyard.pack_members m USING batchyard.packs p"
+                " WHERE m.pack_id = p.pack_id AND m.batch_id = $1 AND m.attempt = $2"
+                " AND p.job_name IS NULL AND p.state IN ('failed', 'cancelled')",
+                batch_id, attempt)
             joined = await conn.fetchval(
                 "SELECT pack_id FROM batchyard.pack_members WHERE batch_id = $1"
                 " AND attempt = $2", batch_id, attempt)
@@ -61,6 +73,7 @@ class Packs:
                                      or pack["items"] + items > max_items):
                 await conn.execute("UPDATE batchyard.packs SET sealed_at = now()"
                                    " WHERE pack_id = $1", pack["pack_id"])
+                await conn.execute("SELECT pg_notify($1, '')", WAKE)  # sent on commit
                 pack = None
             if pack is None:
                 pack_id = new_pack_id()
@@ -77,6 +90,26 @@ class Packs:
                 "UPDATE batchyard.packs SET items = items + $2, est_tokens = est_tokens + $3"
                 " WHERE pack_id = $1", pack_id, items, est_tokens)
             return str(pack_id)
+
+    async def wake(self) -> None:
+        """Wake the sealers (a slot came back)."""
+        async with db_errors():
+            await self.pool.execute("SELECT pg_notify($1, '')", WAKE)
+
+    @asynccontextmanager
+    async def woken(self, wake: Callable[[], None]) -> AsyncIterator[Callable[[], bool]]:
+        """Call `wake` on every wake-up while inside; yields whether the listening
+        connection is still alive (a restarted server drops it, and the caller comes back
+        for another)."""
+        async with db_errors(), self.pool.acquire() as conn:
+            def listener(*_: object) -> None:
+                wake()
+            await conn.add_listener(WAKE, listener)
+            try:
+                yield lambda: not conn.is_closed()
+            finally:
+                if not conn.is_closed():
+                    await conn.remove_listener(WAKE, listener)
 
     async def due(self, wait: float, stuck_after: float, limit: int = 20) -> list[str]:
         """Packs to seal and create: full, or open for `wait`; and creations that have
@@ -95,11 +128,26 @@ class Packs:
                 "SELECT * FROM batchyard.packs WHERE pack_id = $1", pack_id)
         return row
 
-    async def members(self, pack_id: str) -> list[asyncpg.Record]:
+    async def member_rows(self, pack_id: str) -> list[asyncpg.Record]:
+        """Each member's batches row, with the attempt it joined as `joined_attempt`."""
         async with db_errors():
-            return list(await self.pool.fetch(
-                "SELECT * FROM batchyard.pack_members WHERE pack_id = $1 ORDER BY batch_id",
-                pack_id))
+            return await self.pool.fetch(
+                "SELECT b.*, m.attempt AS joined_attempt FROM batchyard.pack_members m"
+                " JOIN batchyard.batches b USING (batch_id) WHERE m.pack_id = $1"
+                " ORDER BY m.batch_id", pack_id)
+
+    async def submitted(self, members: list[tuple[str, int]], job_name: str,
+                        input_file: str | None) -> None:
+        """The pack's job exists: its members (batch id, attempt) still `submitting` on
+        that attempt say `submitted` with its job_name, in one statement."""
+        async with db_errors():
+            await self.pool.execute(
+                "UPDATE batchyard.batches b SET status = 'submitted', job_name = $3,"
+                " input_file = $4, submitted_at = now(), last_error = NULL,"
+                " updated_at = now() FROM unnest($1::text[], $2::int[]) AS m(batch_id,"
+                " attempt) WHERE b.batch_id = m.batch_id AND b.attempt = m.attempt"
+                " AND b.status = 'submitting'",
+                [b for b, _ in members], [a for _, a in members], job_name, input_file)
 
     async def pack_of(self, batch_id: str, attempt: int) -> str | None:
         """The pack the attempt joined, if any."""

@@ -180,7 +180,8 @@ class EmulatorState:
                  "state": job.state_at(now), "est_tokens": job.est_tokens,
                  "request_count": len(job.items), "input_file": job.input_file,
                  "output_file": job.output_file, "key": job.key,
-                 "failed_requests": job.failed_items}
+                 "failed_requests": job.failed_items, "created": job.created,
+                 "ended": job.ended}
                 for job in self.listing()
             ],
             "faults": to_json(self.faults),

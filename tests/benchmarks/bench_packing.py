@@ -20,6 +20,7 @@ import nats
 
 from consumers.ops import provision
 from consumers.store.migrate import Migrator
+from events import jetstream as defs
 from events import subjects
 from events.payloads import Item, SubmitRequest
 from events.publisher import publish
@@ -58,9 +59,14 @@ async def _run(pack_wait: str, cut: float | None) -> dict[str, Any]:
                "BATCHYARD_MAX_ACTIVE_JOBS": str(JOBS),
                "BATCHYARD_MAX_JOB_TOKENS": str(JOB_TOKENS), "BATCHYARD_PACK_WAIT": pack_wait,
                "BATCHYARD_QUOTA_COOLDOWN": "1s"}
+        logs = os.environ.get("BENCH_LOGS")  # a folder for the pods' logs, to study a run
+        if logs:
+            env["BATCHYARD_LOG_LEVEL"] = "info"
         pods = [await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "consumers", "run", role, env=env)
-            for role in ("submit", "submit", "poll", "poll")]
+            sys.executable, "-m", "consumers", "run", role, env=env,
+            stderr=open(f"{logs}/{role}{n}.log", "wb") if logs else None)
+            for n, role in enumerate(("submit", "submit", "poll", "poll"))]
+        await _bound(js, 2)
         reqs = _batches()
         start = time.monotonic()
         for req in reqs:
@@ -83,11 +89,34 @@ async def _run(pack_wait: str, cut: float | None) -> dict[str, Any]:
         await db.close()
         await nc.close()
     tokens = sum(j["est_tokens"] for j in done)
+    _, idle = _idle(done)
     most = JOBS * JOB_TOKENS / JOB_S
     return {"pack_wait": pack_wait, "seconds": round(elapsed, 1), "batches_finished": finished,
             "jobs": len(done), "tokens_embedded": tokens,
             "tokens_per_s": round(tokens / elapsed), "quota_tokens_per_s": round(most),
-            "utilisation": round(tokens / elapsed / most, 3)}
+            "utilisation": round(tokens / elapsed / most, 3),
+            "slot_idle_s": round(idle, 1)}
+
+
+async def _bound(js: Any, pods: int) -> None:
+    """Wait until `pods` pods of each role are pulling (a pod's start is not quota time)."""
+    for _ in range(600):
+        infos = [await js.consumer_info(c.stream, c.name) for c in (defs.SUBMIT, defs.POLL)]
+        if all((i.num_waiting or 0) >= pods for i in infos):
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError("the pods did not start pulling within 60 s")
+
+
+def _idle(jobs: list[dict[str, Any]]) -> tuple[float, float]:
+    """When the first job was created, and the slot-seconds left free between then and
+    the last job's end (where the quota's share is lost to turnaround)."""
+    edges = sorted([(j["created"], 1) for j in jobs] + [(j["ended"], -1) for j in jobs])
+    idle, active, at = 0.0, 0, edges[0][0]
+    for t, step in edges:
+        idle += (JOBS - active) * (t - at)
+        active, at = active + step, t
+    return edges[0][0], idle
 
 
 async def main() -> dict[str, Any]:

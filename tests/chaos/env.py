@@ -33,6 +33,9 @@ from tests.chaos.ledger import Ledger
 from tests.chaos.profiles import Profile
 from tests.harness import Pod, Stack
 
+# Packing on, as by default, with a wait the scenarios' seconds can hold (a batch's
+# every attempt may wait this long for its pack).
+PACK_WAIT = "1s"
 KEY = "AIzaSyChaosKeyValid0000000000000000000001"
 # Two pods per role: submit and poll alone, key-health with recovery.
 POD_ROLES: tuple[tuple[str, ...], ...] = (
@@ -155,7 +158,8 @@ async def world(name: str, profile: Profile, pg: PostgresServer, *, cluster: boo
         url = await _database(pg, name)
         emulator = await stack.enter_async_context(
             launch_emulator(keys=(KEY,), job_running_s=job_running_s))
-        s = Stack(natsd=natsd, database_url=url, emulator=emulator, key=KEY, tmp=tmp)
+        s = Stack(natsd=natsd, database_url=url, emulator=emulator, key=KEY, tmp=tmp,
+                  overrides={"BATCHYARD_PACK_WAIT": PACK_WAIT})
         s.key_file.write_text(KEY + "\n")
         w = World(name=name, profile=profile, stack=s, pg=pg, nc=nc, js=js,
                   nats=None if cluster else servers, cluster=servers if cluster else None,

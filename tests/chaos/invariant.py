@@ -2,7 +2,8 @@
 
 - every item of every accepted batch is in batchyard.embeddings exactly once for its model,
   or it (or its batch) is on `batch.dead` with a reason;
-- no Gemini job was created twice for one (batch, attempt, shard);
+- no Gemini job was created twice for one (batch, attempt, shard) or one pack;
+- one batch.completed per batch attempt;
 - with a valid key back, BATCH_PARKED is empty and no batch rests in `submitting` or
   `auth_failed` (nor anywhere short of a final status);
 - no pod crashed except those killed on purpose, and no pod log holds a key.
@@ -25,6 +26,7 @@ from tests.chaos.env import World
 
 FINAL = ("succeeded", "partial", "failed", "dead", "cancelled")
 _DISPLAY = re.compile(r"^(?P<batch>.+):(?P<attempt>\d+)(?:#(?P<shard>\d+))?$")
+_PACK = re.compile(r"^pack:(?P<pack>pk[0-9a-f]{32})$")
 _any = msgspec.json.Decoder()
 MAX_LISTED = 25
 
@@ -74,6 +76,30 @@ class Violations(list[str]):
             self.append(f"{what}: {len(examples)} (e.g. {shown})")
 
 
+async def completions(w: World) -> Violations:
+    """One batch.completed per batch attempt, and one for every batch that ended with
+    embeddings (succeeded or partial) at its last attempt."""
+    v = Violations()
+    info = await w.js.stream_info(defs.BATCH, subjects_filter=subjects.COMPLETED)
+    seen = Counter((str(c.body.get("batch_id")), int(c.body.get("attempt", 0)))
+                   for c in await read_subject(w, defs.BATCH, subjects.COMPLETED,
+                                               (info.state.subjects or {}).get(
+                                                   subjects.COMPLETED, 0))
+                   if isinstance(c.body, dict))
+    v.add("batch.completed announced twice for one batch attempt",
+          [f"{b}:{a} x{n}" for (b, a), n in seen.items() if n > 1])
+    db = await w.db()
+    try:
+        ended = await db.fetch("SELECT batch_id, attempt FROM batchyard.batches"
+                               " WHERE status IN ('succeeded', 'partial')")
+    finally:
+        await db.close()
+    v.add("batches ended with embeddings but no batch.completed for their attempt",
+          [f"{r['batch_id']}:{r['attempt']}" for r in ended
+           if (r["batch_id"], r["attempt"]) not in seen])
+    return v
+
+
 async def check_data(w: World, letters: list[Letter]) -> Violations:
     """Items, jobs, parked messages and batch rows."""
     v = Violations()
@@ -84,6 +110,8 @@ async def check_data(w: World, letters: list[Letter]) -> Violations:
             "SELECT batch_id, status FROM batchyard.batches")}
         active = await db.fetch("SELECT batch_id, attempt, shard, state FROM batchyard.jobs"
                                 " WHERE state IN ('creating', 'pending', 'running')")
+        packs = await db.fetch("SELECT pack_id, state FROM batchyard.packs"
+                               " WHERE state IN ('open', 'creating', 'pending', 'running')")
     finally:
         await db.close()
     embedded = Counter((r["item_id"], r["model"]) for r in rows)
@@ -133,7 +161,11 @@ async def check_data(w: World, letters: list[Letter]) -> Violations:
 
     state = await w.emulator.state()
     per_attempt: Counter[tuple[str, int, int]] = Counter()
+    per_pack: Counter[str] = Counter()
     for job in state["jobs"]:
+        if p := _PACK.match(job.get("display_name") or ""):
+            per_pack[p["pack"]] += 1
+            continue
         m = _DISPLAY.match(job.get("display_name") or "")
         if m is None:
             v.add(f"a Gemini job with an unexpected display_name {job.get('display_name')!r}")
@@ -141,7 +173,10 @@ async def check_data(w: World, letters: list[Letter]) -> Violations:
         per_attempt[(m["batch"], int(m["attempt"]), int(m["shard"] or 0))] += 1
     v.add("Gemini jobs created twice for one (batch, attempt, shard)",
           [f"{b}:{a}#{s} x{n}" for (b, a, s), n in per_attempt.items() if n > 1])
+    v.add("Gemini jobs created twice for one pack",
+          [f"{p} x{n}" for p, n in per_pack.items() if n > 1])
     w.figures["gemini_jobs"] = len(state["jobs"])
+    w.figures["pack_jobs"] = sum(per_pack.values())
 
     parked = (await w.js.stream_info(defs.BATCH_PARKED)).state.messages
     if parked:
@@ -150,6 +185,7 @@ async def check_data(w: World, letters: list[Letter]) -> Violations:
     v.add("batches resting in submitting or auth_failed", resting)
     v.add("jobs rows still counted as active (an admission slot never given back)",
           [f"{r['batch_id']}:{r['attempt']}#{r['shard']}={r['state']}" for r in active])
+    v.add("packs still open or counted as active", [f"{r['pack_id']}={r['state']}" for r in packs])
     held, bound = w.figures.get("batch_submit_messages"), w.figures.get("batch_submit_bound")
     if held is not None and bound is not None and held > bound:
         v.add(f"BATCH holds {held} batch.submit messages while waiting (bound {bound})")

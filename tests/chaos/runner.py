@@ -9,7 +9,14 @@ from events import jetstream as defs
 from events import subjects
 from sandbox.pg import PostgresServer
 from tests.chaos.env import World, consumer_numbers, subject_counts, world
-from tests.chaos.invariant import Letter, Violations, check_data, check_pods, dead_letters
+from tests.chaos.invariant import (
+    Letter,
+    Violations,
+    check_data,
+    check_pods,
+    completions,
+    dead_letters,
+)
 from tests.chaos.profiles import Profile
 from tests.chaos.report import Result
 from tests.chaos.scenarios import OPTIONS, SCENARIOS
@@ -34,6 +41,7 @@ async def run(name: str, profile: Profile, pg: PostgresServer, *, seed: int = 0)
                 redeliveries = await _redeliveries(w)
                 letters = await dead_letters(w)
                 v.extend(await check_data(w, letters))
+                v.extend(await completions(w))
                 if name == "hostile_stream":
                     v.extend(_every_invalid_dead(w, letters))
                 if name == "duplicates" and w.ledger.deduplicated != w.faults["same_id_copies"]:
