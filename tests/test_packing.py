@@ -3,12 +3,14 @@ member finishes as if the job had been its own."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
 
 import msgspec
 import numpy as np
+import pytest
 
 from events import subjects
 from events.payloads import DEFAULT_MODEL, Completed, Dead, Item, SubmitRequest
@@ -62,6 +64,13 @@ async def test_small_batches_share_one_job_and_finish_as_their_own(stack: Stack)
     shown = json.loads(out)["packs"]
     assert [(p["pack_id"], p["job_name"], p["items"]) for p in shown] == [
         (pack["pack_id"], packs[0]["name"], 23)]
+    own = -(-sum(len(i.text.encode()) for i in reqs[3].items or []) // 4)
+    assert json.loads(out)["tokens_batch"] == shown[0]["est_tokens"] == own  # its share
+    code, out = await stack.cli("status", "--json")
+    assert code == 0, out
+    status = json.loads(out)
+    assert status["cost"]["tokens_batch"] == pack["est_tokens"]
+    assert status["quota"]["active_jobs"] == status["quota"]["active_packs"] == 0
     assert await db.fetchval("SELECT count(*) FROM batchyard.pack_members") == len(reqs)
     await db.close()
     await nc.close()
@@ -213,14 +222,15 @@ async def test_cancelling_a_member_drops_only_its_results(stack: Stack) -> None:
     await stack.emulator.set_faults(job_pending_s=0, job_running_s=600)
     await stack.pod("submit", "poll", **PACK)
     nc = await stack.nc()
-    for n in range(3):
+    for n in range(4):
         await submit(nc, batch(f"c{n}", 20))
     db = await stack.db()
     await wait_for(lambda: db.fetchval(
-        "SELECT count(*) = 3 FROM batchyard.batches WHERE status = 'submitted'"), 60,
+        "SELECT count(*) = 4 FROM batchyard.batches WHERE status = 'submitted'"), 60,
         what="the pack's job running")
-    code, out = await stack.cli("batches", "cancel", "c1")
-    assert code == 0 and "goes on for the other members" in out, out
+    for half in ("c1", "c3"):
+        code, out = await stack.cli("batches", "cancel", half)
+        assert code == 0 and "goes on for the other members" in out, out
     await stack.emulator.advance(600)
     done = await wait_for(lambda: db.fetchval(
         "SELECT count(*) = 2 FROM batchyard.batches WHERE status = 'succeeded'"), 60,
@@ -229,8 +239,13 @@ async def test_cancelling_a_member_drops_only_its_results(stack: Stack) -> None:
     counts = dict(await db.fetch("SELECT batch_id, count(*) FROM batchyard.embeddings"
                                  " GROUP BY batch_id"))
     assert counts == {"c0": 20, "c2": 20}
-    assert await db.fetchval("SELECT status FROM batchyard.batches"
-                             " WHERE batch_id = 'c1'") == "cancelled"
+    assert dict(await db.fetch("SELECT batch_id, status FROM batchyard.batches WHERE"
+                               " batch_id IN ('c1', 'c3')")) == {"c1": "cancelled",
+                                                                "c3": "cancelled"}
+    completed = await _completed(stack)
+    assert sorted(completed) == ["c0", "c2"]
+    assert [j["state"] for j in _packs(await stack.emulator.state())] == [
+        "BATCH_STATE_SUCCEEDED"]  # the job ran on for the members left
 
     # A pack whose every member is cancelled has its job cancelled, and its slot back.
     for n in range(2):
@@ -265,6 +280,8 @@ async def test_key_expiry_while_a_pack_runs_parks_it_once_and_resumes_the_same_j
     await wait_for(lambda: db.fetchval(
         "SELECT count(*) = 4 FROM batchyard.batches WHERE status = 'submitted'"), 60,
         what="the pack's job running")
+    quota = json.loads((await stack.cli("status", "--json"))[1])["quota"]
+    assert (quota["active_jobs"], quota["active_packs"], quota["packs_filling"]) == (1, 1, 0)
     await stack.emulator.set_key(KEY, "expired")
     await wait_for(lambda: _n_parked(stack, 1), 60, what="the pack's poll parked")
     assert await _parked(stack) == 1  # once for the pack
@@ -311,5 +328,109 @@ async def test_a_bad_key_at_sealing_parks_each_members_own_message(stack: Stack)
     packs = _packs(await stack.emulator.state())
     assert len(packs) == 1 and packs[0]["request_count"] == 60, packs  # packed again
     assert await db.fetchval("SELECT count(*) FROM batchyard.pack_members") == 3
+    await db.close()
+    await nc.close()
+
+
+@pytest.mark.parametrize("point", ["pack.after_admit", "pack.after_create", "pack.before_poll"])
+async def test_a_sealer_killed_at_any_step_leaves_one_job_per_pack(stack: Stack,
+                                                                   point: str) -> None:
+    doomed = await stack.pod("submit", BATCHYARD_FAILPOINTS=point, **PACK)
+    await stack.pod("poll", **PACK)
+    nc = await stack.nc()
+    for n in range(4):
+        await submit(nc, batch(f"d{n}", 20))
+    assert await asyncio.wait_for(doomed.proc.wait(), 60) == -9
+    await stack.pod("submit", **PACK)
+    assert await wait_finished(stack, 4) == {"succeeded": 4}
+    packs = _packs(await stack.emulator.state())
+    assert len(packs) == 1 and packs[0]["request_count"] == 80, packs
+    # Only a creation whose answer was lost with its pod has a job to adopt.
+    assert ("job.adopted" in stack.logs()) == (point == "pack.after_create")
+    db = await stack.db()
+    assert await db.fetchval("SELECT count(*) FROM batchyard.packs WHERE state NOT IN"
+                             " ('succeeded')") == 0
+    assert len(await _completed(stack)) == 4
+    await db.close()
+    await nc.close()
+
+
+async def test_a_pack_meeting_the_quota_gate_waits_then_goes_as_one_job(stack: Stack) -> None:
+    """429 on creation and a slot held by another job: the pack waits, never fails."""
+    await stack.emulator.set_faults(job_pending_s=0.5, job_running_s=3)
+    env = {**PACK, "BATCHYARD_MAX_ACTIVE_JOBS": "1", "BATCHYARD_QUOTA_COOLDOWN": "1s",
+           "BATCHYARD_QUOTA_COOLDOWN_MAX": "2s", "BATCHYARD_MAX_JOB_TOKENS": "4000"}
+    await stack.pod("submit", "poll", **env)
+    await stack.started()
+    nc = await stack.nc()
+    await submit(nc, batch("big", 400))  # over half a job: alone, and holding the one slot
+    db = await stack.db()
+    await wait_for(lambda: db.fetchval("SELECT count(*) = 1 FROM batchyard.jobs"
+                                       " WHERE state IN ('pending', 'running')"), 60,
+                   what="the big batch's job running")
+    await stack.emulator.set_faults(job_pending_s=0.5, job_running_s=3, create_429_for_s=5)
+    for n in range(5):
+        await submit(nc, batch(f"q{n}", 20))
+    assert await wait_finished(stack, 6, timeout=120) == {"succeeded": 6}
+    state = await stack.emulator.state()
+    assert [p["request_count"] for p in _packs(state)] == [100]
+    assert [j["display_name"] for j in state["jobs"] if j not in _packs(state)] == ["big:0"]
+    assert state["calls"][stack.key]["batches.create"] > 2  # the pack was refused first
+    rows = await db.fetch("SELECT job_failures, attempt FROM batchyard.batches")
+    assert {(r["job_failures"], r["attempt"]) for r in rows} == {(0, 0)}
+    assert await stream_messages(nc, subjects.DEAD) == []
+    await db.close()
+    await nc.close()
+
+
+async def test_a_job_failing_every_time_sends_each_member_online_on_its_own_count(
+        stack: Stack) -> None:
+    await stack.emulator.set_faults(job_outcome="failed", job_outcome_rate=1.0)
+    await stack.pod("submit", "poll", **PACK)
+    nc = await stack.nc()
+    for n in range(3):
+        await submit(nc, batch(f"o{n}", 20))
+    assert await wait_finished(stack, 3, timeout=120) == {"succeeded": 3}
+    db = await stack.db()
+    rows = await db.fetch("SELECT batch_id, job_failures, embed_path FROM batchyard.batches"
+                          " ORDER BY batch_id")
+    # The pack's failure counts once for each member, then each fails alone once more.
+    assert [(r["job_failures"], r["embed_path"]) for r in rows] == [(2, "online")] * 3
+    names = sorted(j["display_name"] for j in (await stack.emulator.state())["jobs"])
+    assert sum(n.startswith("pack:") for n in names) == 1
+    assert [n for n in names if not n.startswith("pack:")] == ["o0:1", "o1:1", "o2:1"]
+    await db.close()
+    await nc.close()
+
+
+async def test_a_member_cancelled_and_resubmitted_while_its_pack_runs_ends_once(
+        stack: Stack) -> None:
+    await stack.emulator.set_faults(job_pending_s=1, job_running_s=600)
+    await stack.pod("submit", "poll", **PACK)
+    nc = await stack.nc()
+    for n in range(3):
+        await submit(nc, batch(f"r{n}", 20))
+    db = await stack.db()
+    await wait_for(lambda: db.fetchval(
+        "SELECT count(*) = 3 FROM batchyard.batches WHERE status = 'submitted'"), 60,
+        what="the pack's job running")
+    assert (await stack.cli("batches", "cancel", "r1"))[0] == 0
+    code, out = await stack.cli("batches", "resubmit", "r1")
+    assert code == 0 and "attempt 1" in out, out
+    await wait_for(lambda: db.fetchval(
+        "SELECT status = 'submitted' AND attempt = 1 FROM batchyard.batches"
+        " WHERE batch_id = 'r1'"), 60, what="r1's next attempt in a pack of its own")
+    await stack.emulator.advance(600)
+    assert await wait_finished(stack, 3) == {"succeeded": 3}
+    packs = _packs(await stack.emulator.state())
+    assert sorted(p["request_count"] for p in packs) == [20, 60]
+    counts = dict(await db.fetch("SELECT batch_id, count(*) FROM batchyard.embeddings"
+                                 " GROUP BY batch_id"))
+    assert counts == {"r0": 20, "r1": 20, "r2": 20}
+    done = [m for m in await stream_messages(nc, subjects.COMPLETED)]
+    r1 = [msgspec.json.decode(m, type=Completed) for m in done]
+    r1 = [c for c in r1 if c.batch_id == "r1"]
+    second = next(p for p in packs if p["request_count"] == 20)
+    assert [(c.attempt, c.job_name) for c in r1] == [(1, second["name"])]
     await db.close()
     await nc.close()

@@ -60,6 +60,7 @@ async def status(app: App) -> dict[str, Any]:
     return {
         "quota": {"gate": msgspec.to_builtins(gate) if gate else {"state": "open"},
                   "active_jobs": active["jobs"], "max_active_jobs": s.max_active_jobs,
+                  "active_packs": active["packs"], "packs_filling": active["packs_filling"],
                   "enqueued_tokens": active["tokens"],
                   "max_enqueued_tokens": s.max_enqueued_tokens or None,
                   "batches_waiting": waiting,
@@ -81,7 +82,8 @@ def print_status(data: dict[str, Any]) -> None:
          ["consumer", "stream", "pending", "ack_pending", "redelivered"])
     emit(data["key"], False, "key health", ["fingerprint", "state", "reason", "checked_at"])
     q = data["quota"]
-    emit({**q["gate"], "active_jobs": f"{q['active_jobs']} / {q['max_active_jobs']}",
+    emit({**q["gate"], "active_jobs": f"{q['active_jobs']} / {q['max_active_jobs']}"
+          f" ({q['active_packs']} packs, {q['packs_filling']} filling)",
           "enqueued_tokens": f"{q['enqueued_tokens']} / {q['max_enqueued_tokens'] or 'no limit'}",
           "waiting": q["batches_waiting"],
           "progress": f"{q['requests_done']} / {q['requests']} requests"}, False,

@@ -88,6 +88,12 @@ class Submit:
         async with app.store.claim(f"pack:{pack_id}") as claimed:
             if not claimed:
                 return
+            pack = await app.store.packs.get(pack_id)
+            if pack is not None and pack["job_name"] and pack["state"] in ("pending", "running"):
+                # A sealer stopped between the job and its hand-off: finish the hand-off.
+                found = await packing.members(app, pack_id)
+                await self._hand_off(pack_id, pack["job_name"], pack["input_file"], found)
+                return
             s = app.settings
             admitted = await app.store.packs.admit(pack_id, s.max_active_jobs,
                                                    s.max_enqueued_tokens)
@@ -101,36 +107,53 @@ class Submit:
             if not found:
                 await app.store.packs.finished(pack_id, "cancelled")
                 return
+            failpoints.hit("pack.after_admit")
             inp = packing.combined(found)
             with structlog.contextvars.bound_contextvars(pack=pack_id):
-                try:
-                    job, input_file = await self._create(inp, f"pack:{pack_id}", adopt=adopt)
-                except RetryableError as exc:
-                    if exc.quota:
-                        await app.store.packs.release(pack_id)
-                        await app.quota.close(exc.delay, exc.message)
-                    return  # else the job may exist: the next round adopts it
-                except AuthError as exc:
-                    if adopt or app.guard.stale(app.keys.fingerprint):
-                        # A newer key is valid (the next round uses it), or the job may
-                        # exist from a lost answer: a new pack could pay for it twice.
-                        app.keys.refresh()
-                        await app.store.packs.release(pack_id)
-                        return
-                    await packing.key_refused(app, pack_id, found, exc)
+                if (made := await self._create_pack(pack_id, inp, found, adopt)) is None:
                     return
-                except PermanentError as exc:
-                    await packing.refused(app, pack_id, found, exc)
-                    return
+                job, input_file = made
+                failpoints.hit("pack.after_create")
                 await app.store.packs.created(pack_id, job.name, input_file)
                 await costs.submitted(app, inp, "batch")
                 await app.quota.succeeded()
-                await app.store.packs.submitted([(m.batch_id, m.attempt) for m in found],
-                                                job.name, input_file)
-                poll = PollRequest(pack=pack_id, job_name=job.name)
-                await publish(app.js, subjects.POLL, poll, subjects.pack_poll_id(pack_id))
+                failpoints.hit("pack.before_poll")
+                await self._hand_off(pack_id, job.name, input_file, found)
                 log.info("pack.submitted", job_name=job.name, batches=len(found),
                          items=len(inp.items), took_s=round(time.monotonic() - began, 3))
+
+    async def _create_pack(self, pack_id: str, inp: Input, found: list[packing.Member],
+                           adopt: bool) -> tuple[Job, str | None] | None:
+        """The pack's job, or None when this round ends without one."""
+        app = self.app
+        try:
+            return await self._create(inp, f"pack:{pack_id}", adopt=adopt)
+        except RetryableError as exc:
+            if exc.quota:
+                await app.store.packs.release(pack_id)
+                await app.quota.close(exc.delay, exc.message)
+            return None  # else the job may exist: the next round adopts it
+        except AuthError as exc:
+            if adopt or app.guard.stale(app.keys.fingerprint):
+                # A newer key is valid (the next round uses it), or the job may exist
+                # from a lost answer: a new pack could pay for it twice.
+                app.keys.refresh()
+                await app.store.packs.release(pack_id)
+                return None
+            await packing.key_refused(app, pack_id, found, exc)
+            return None
+        except PermanentError as exc:
+            await packing.refused(app, pack_id, found, exc)
+            return None
+
+    async def _hand_off(self, pack_id: str, job_name: str, input_file: str | None,
+                        found: list[packing.Member]) -> None:
+        """The poll first, then the members' rows: a pack's poll waits while a member is
+        still `submitting`, and a sealer that stops in between leaves the pack due."""
+        poll = PollRequest(pack=pack_id, job_name=job_name)
+        await publish(self.app.js, subjects.POLL, poll, subjects.pack_poll_id(pack_id))
+        await self.app.store.packs.submitted([(m.batch_id, m.attempt) for m in found],
+                                             job_name, input_file)
 
     def retry_delay(self, msg: Msg, error: RetryableError) -> float:
         return backoff(msg.metadata.num_delivered, error.delay)

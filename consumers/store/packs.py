@@ -84,8 +84,9 @@ class Packs:
             else:
                 pack_id = pack["pack_id"]
             await conn.execute(
-                "INSERT INTO batchyard.pack_members (pack_id, batch_id, attempt, items)"
-                " VALUES ($1, $2, $3, $4)", pack_id, batch_id, attempt, items)
+                "INSERT INTO batchyard.pack_members (pack_id, batch_id, attempt, items,"
+                " est_tokens) VALUES ($1, $2, $3, $4, $5)",
+                pack_id, batch_id, attempt, items, est_tokens)
             await conn.execute(
                 "UPDATE batchyard.packs SET items = items + $2, est_tokens = est_tokens + $3"
                 " WHERE pack_id = $1", pack_id, items, est_tokens)
@@ -112,13 +113,18 @@ class Packs:
                     await conn.remove_listener(WAKE, listener)
 
     async def due(self, wait: float, stuck_after: float, limit: int = 20) -> list[str]:
-        """Packs to seal and create: full, or open for `wait`; and creations that have
-        been under way for `stuck_after` (their pod may have died)."""
+        """Packs to seal and create: full, or open for `wait`; and creations or hand-offs
+        under way for `stuck_after` (their pod may have died)."""
         async with db_errors():
             rows = await self.pool.fetch(
-                "SELECT pack_id FROM batchyard.packs WHERE (state = 'open' AND (sealed_at"
+                "SELECT pack_id FROM batchyard.packs p WHERE (state = 'open' AND (sealed_at"
                 " IS NOT NULL OR created_at < now() - make_interval(secs => $1)))"
                 " OR (state = 'creating' AND sealed_at < now() - make_interval(secs => $2))"
+                " OR (state IN ('pending', 'running') AND sealed_at < now()"
+                " - make_interval(secs => $2) AND EXISTS (SELECT 1 FROM"
+                " batchyard.pack_members m JOIN batchyard.batches b USING (batch_id)"
+                " WHERE m.pack_id = p.pack_id AND b.attempt = m.attempt"
+                " AND b.status = 'submitting'))"
                 " ORDER BY created_at LIMIT $3", wait, stuck_after, limit)
         return [r["pack_id"] for r in rows]
 
@@ -162,7 +168,7 @@ class Packs:
         async with db_errors():
             return list(await self.pool.fetch(
                 "SELECT m.attempt, p.pack_id, p.display_name, p.job_name, p.state,"
-                " p.items AS pack_items, m.items FROM batchyard.pack_members m"
+                " p.items AS pack_items, m.items, m.est_tokens FROM batchyard.pack_members m"
                 " JOIN batchyard.packs p USING (pack_id) WHERE m.batch_id = $1"
                 " ORDER BY m.attempt", batch_id))
 

@@ -14,27 +14,41 @@ SELECT model, sum(batch)::bigint AS batch, sum(online)::bigint AS online FROM (
     FROM batchyard.jobs j JOIN batchyard.batches b USING (batch_id)
     WHERE j.job_name IS NOT NULL AND ($1::text IS NULL OR j.batch_id = $1)
     UNION ALL
+    SELECT p.model, m.est_tokens, 0
+    FROM batchyard.pack_members m JOIN batchyard.packs p USING (pack_id)
+    WHERE p.job_name IS NOT NULL AND ($1::text IS NULL OR m.batch_id = $1)
+    UNION ALL
     SELECT model, 0, tokens_online FROM batchyard.batches
     WHERE tokens_online > 0 AND ($1::text IS NULL OR batch_id = $1)
 ) t GROUP BY model ORDER BY model
 """
-_GAUGES = """
-SELECT count(*) FILTER (WHERE state IN ('creating', 'pending', 'running')) AS jobs,
-       coalesce(sum(est_tokens) FILTER (WHERE state IN ('creating', 'pending', 'running')),
-                0) AS tokens,
-       extract(epoch FROM coalesce((SELECT max(finished_at) FROM batchyard.jobs),
-                                   (SELECT min(created_at) FROM batchyard.jobs)))
-           AS last_finished,
+# A pack is one job for admission (CONTRACT §12): the quota figures count both.
+_LIVE = """
+WITH live AS (
+    SELECT est_tokens, items, false AS pack,
+           coalesce(requests_succeeded, 0) + coalesce(requests_failed, 0) AS done
+    FROM batchyard.jobs WHERE state IN ('creating', 'pending', 'running')
+    UNION ALL
+    SELECT est_tokens, items, true, 0
+    FROM batchyard.packs WHERE state IN ('creating', 'pending', 'running'))
+"""
+_GAUGES = _LIVE + """
+SELECT count(*) AS jobs, coalesce(sum(est_tokens), 0) AS tokens,
+       extract(epoch FROM coalesce(
+           greatest((SELECT max(finished_at) FROM batchyard.jobs),
+                    (SELECT max(finished_at) FROM batchyard.packs)),
+           least((SELECT min(created_at) FROM batchyard.jobs),
+                 (SELECT min(created_at) FROM batchyard.packs)))) AS last_finished,
        (SELECT count(*) FROM batchyard.batches WHERE status = 'pending_submission')
            AS waiting
-FROM batchyard.jobs
+FROM live
 """
-_ACTIVE = """
-SELECT count(*) AS jobs, coalesce(sum(est_tokens), 0) AS tokens,
-       coalesce(sum(items), 0) AS requests,
-       coalesce(sum(coalesce(requests_succeeded, 0) + coalesce(requests_failed, 0)), 0)
-           AS requests_done
-FROM batchyard.jobs WHERE state IN ('creating', 'pending', 'running')
+_ACTIVE = _LIVE + """
+SELECT count(*) AS jobs, count(*) FILTER (WHERE pack) AS packs,
+       coalesce(sum(est_tokens), 0) AS tokens, coalesce(sum(items), 0) AS requests,
+       coalesce(sum(done), 0) AS requests_done,
+       (SELECT count(*) FROM batchyard.packs WHERE state = 'open') AS packs_filling
+FROM live
 """
 _BATCHES = """
 SELECT batch_id, status, model, attempt, items_total, items_embedded, items_failed, job_name,

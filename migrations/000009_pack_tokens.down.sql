@@ -1,0 +1,1 @@
+ALTER TABLE batchyard.pack_members DROP COLUMN IF EXISTS est_tokens;
