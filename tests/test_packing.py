@@ -4,6 +4,7 @@ member finishes as if the job had been its own."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
 from typing import Any
@@ -434,3 +435,43 @@ async def test_a_member_cancelled_and_resubmitted_while_its_pack_runs_ends_once(
     assert [(c.attempt, c.job_name) for c in r1] == [(1, second["name"])]
     await db.close()
     await nc.close()
+
+
+async def test_the_sweep_deletes_only_pack_input_files_no_job_needs(stack: Stack) -> None:
+    """A pack's file goes once its pack is over or gone, or once its job reads another
+    file (an upload a stopped sealer never used); a file a pack may still use stays."""
+    from google import genai
+
+    from tests.conftest import KEY
+
+    client = genai.Client(api_key=KEY, http_options={"base_url": stack.emulator.url})
+
+    async def upload(pack_id: str) -> str:
+        f = await client.aio.files.upload(
+            file=io.BytesIO(b'{"key": "a/b", "request": {}}\n'),
+            config={"mime_type": "application/jsonl", "display_name": f"pack:{pack_id}"})
+        return str(f.name)
+
+    ids = {k: "pk" + f"{n:x}" * 32 for n, k in enumerate(
+        ("done", "running", "creating", "gone", "other"), 1)}
+    files = {k: await upload(v) for k, v in ids.items()}
+    stray = await upload(ids["running"])  # uploaded by a sealer that stopped before creating
+    db = await stack.db()
+    for k, state in (("done", "succeeded"), ("running", "running"), ("creating", "creating"),
+                     ("other", "cancelled")):
+        await db.execute(
+            "INSERT INTO batchyard.packs (pack_id, display_name, model, state, job_name,"
+            " input_file) VALUES ($1, $2, 'm', $3, $4, $5)", ids[k], f"pack:{ids[k]}", state,
+            None if state == "creating" else f"batches/{k}", files[k])
+    await stack.pod("poll", BATCHYARD_FILE_SWEEP_INTERVAL="1s")
+    gone = {files["done"], files["gone"], files["other"], stray}
+    kept = {files["running"], files["creating"]}
+
+    async def swept() -> bool:
+        return not gone & {f["name"] for f in (await stack.emulator.state())["files"]}
+
+    await wait_for(swept, 30, what="the packs' orphaned files swept")
+    await asyncio.sleep(2)  # another round or two: nothing else goes
+    names = {f["name"] for f in (await stack.emulator.state())["files"]}
+    assert kept <= names and not gone & names
+    await db.close()

@@ -2,15 +2,16 @@
 
 File storage is finite (20 GB a project), so every input file goes once its job is
 terminal. The poll role deletes it then; this sweep catches what a crash or an error
-left. Only files named like our jobs (`<batch_id>:<attempt>[#<k>]`) are candidates,
-and of those only files whose job can no longer need them: nothing else is deleted.
+left. Only files named like our jobs (`<batch_id>:<attempt>[#<k>]`, `pack:<pack_id>`)
+are candidates, and of those only files whose job can no longer need them: nothing else
+is deleted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -38,6 +39,19 @@ def candidate(name: str, display_name: str) -> Candidate | None:
     return Candidate(name, m["batch"], int(m["attempt"]), int(m["shard"] or 0))
 
 
+_PACK = re.compile(r"pack:(?P<pack>pk[0-9a-f]{32})")
+
+
+def pack_orphaned(name: str, pack: Any) -> bool:
+    """Whether a pack's input file can no longer be needed: its pack is gone or over, or
+    its job reads another file (an upload whose creation a stopped sealer never made)."""
+    if pack is None:
+        return True
+    if pack["state"] in ("open", "creating"):
+        return False  # a creation may be under way with it
+    return pack["state"] in TERMINAL or pack["input_file"] != name
+
+
 def orphaned(job_state: str | None, batch_status: str | None, batch_attempt: int | None,
              attempt: int) -> bool:
     """Whether a file of (batch, attempt) can no longer be needed by its job."""
@@ -50,25 +64,31 @@ def orphaned(job_state: str | None, batch_status: str | None, batch_attempt: int
 
 async def sweep_files(app: App) -> int:
     """Delete the input files of finished jobs; returns how many were deleted."""
-    found = [c for name, display in await app.gemini.list_files()
-             if (c := candidate(name, display)) is not None]
-    if not found:
-        return 0
-    states = await app.store.jobs.file_states(
-        [c.name for c in found], [c.batch_id for c in found], [c.attempt for c in found],
-        [c.shard for c in found])
+    listing = await app.gemini.list_files()
+    found = [c for name, display in listing if (c := candidate(name, display)) is not None]
+    packed = {name: m["pack"] for name, display in listing
+              if (m := _PACK.fullmatch(display)) is not None}
+    dead: list[str] = []
+    if found:
+        states = await app.store.jobs.file_states(
+            [c.name for c in found], [c.batch_id for c in found],
+            [c.attempt for c in found], [c.shard for c in found])
+        dead += [r["name"] for r in states
+                 if orphaned(r["state"], r["status"], r["batch_attempt"], r["attempt"])]
+    if packed:
+        packs = await app.store.packs.files(list(set(packed.values())))
+        dead += [name for name, pack_id in packed.items()
+                 if pack_orphaned(name, packs.get(pack_id))]
     deleted = 0
-    for r in states:
-        if not orphaned(r["state"], r["status"], r["batch_attempt"], r["attempt"]):
-            continue
+    for name in dead:
         try:
-            await app.gemini.delete_file(r["name"])
+            await app.gemini.delete_file(name)
         except (RetryableError, PermanentError) as exc:  # gone already, or next sweep
-            log.info("file.sweep_skipped", file=r["name"], error=exc.message)
+            log.info("file.sweep_skipped", file=name, error=exc.message)
             continue
         deleted += 1
         metrics.FILES_SWEPT.inc()
-        log.info("file.swept", file=r["name"])
+        log.info("file.swept", file=name)
     return deleted
 
 

@@ -155,6 +155,14 @@ class Packs:
                 " AND b.status = 'submitting'",
                 [b for b, _ in members], [a for _, a in members], job_name, input_file)
 
+    async def files(self, pack_ids: list[str]) -> dict[str, asyncpg.Record]:
+        """The packs named by input files: their state, job and input file."""
+        async with db_errors():
+            rows = await self.pool.fetch(
+                "SELECT pack_id, state, job_name, input_file FROM batchyard.packs"
+                " WHERE pack_id = ANY($1)", pack_ids)
+        return {r["pack_id"]: r for r in rows}
+
     async def pack_of(self, batch_id: str, attempt: int) -> str | None:
         """The pack the attempt joined, if any."""
         async with db_errors():
