@@ -137,16 +137,15 @@ class Poll:
             await app.store.packs.progress(pack_id, polled.state)
         if (job := await self._finished(polled, pack["sealed_at"])) is None:
             return nak(app.settings.poll_interval, "waiting")
+        if await app.store.packs.handing_off(pack_id):
+            return nak(app.settings.poll_interval, "hand-off under way")
+        await app.quota.pack_finished(pack_id, job.state)  # the slot back before the work
         async with app.store.claim(f"pack:{pack_id}") as claimed:
             if not claimed:
                 return nak(app.settings.poll_interval, "busy")
-            live = await packing.members(app, pack_id)
-            if any(m.status == "submitting" for m in live):
-                return nak(app.settings.poll_interval, "hand-off under way")
-            await app.quota.pack_finished(pack_id, job.state)
             # A redelivery finds the members it settled already moved on. Members still
             # auth_failed were parked with this poll, replayed before their rows moved.
-            found = [m for m in live
+            found = [m for m in await packing.members(app, pack_id)
                      if m.status in ("submitted", "auth_failed") and m.job_name == job.name]
             if parked := [m.batch_id for m in found if m.status == "auth_failed"]:
                 await app.store.unpark(parked, "submitted")

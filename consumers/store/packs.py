@@ -155,6 +155,15 @@ class Packs:
                 " AND b.status = 'submitting'",
                 [b for b, _ in members], [a for _, a in members], job_name, input_file)
 
+    async def handing_off(self, pack_id: str) -> bool:
+        """Whether a member is still `submitting` on the attempt it joined with: the
+        pack's job exists, its hand-off is not done."""
+        async with db_errors():
+            return bool(await self.pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM batchyard.pack_members m JOIN"
+                " batchyard.batches b USING (batch_id) WHERE m.pack_id = $1"
+                " AND b.attempt = m.attempt AND b.status = 'submitting')", pack_id))
+
     async def files(self, pack_ids: list[str]) -> dict[str, asyncpg.Record]:
         """The packs named by input files: their state, job and input file."""
         async with db_errors():
