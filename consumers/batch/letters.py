@@ -14,7 +14,7 @@ from consumers import metrics
 from consumers.app import App, utcnow
 from consumers.batch import kept
 from consumers.errors import AuthError, BatchyardError, RetryableError
-from consumers.store.batches import LIVE
+from consumers.status import DIES_WITH
 from events import jetstream as defs
 from events import subjects
 from events.payloads import (
@@ -72,9 +72,9 @@ async def dead_letter(app: App, msg: Msg, *, stage: str, reason: str,
                 batch_id=dead.batch_id, items=len(items) if items else None)
 
 
-async def reject(app: App, msg: Msg, error: InvalidMessage | BatchyardError, *, stage: str,
-                 working: list[str]) -> str:
-    """Dead-letter `msg` for `error`; a batch still in a `working` status becomes dead.
+async def reject(app: App, msg: Msg, error: InvalidMessage | BatchyardError, *,
+                 stage: Stage) -> str:
+    """Dead-letter `msg` for `error`; a batch the message was working on becomes dead.
 
     Returns the reason recorded.
     """
@@ -89,8 +89,8 @@ async def reject(app: App, msg: Msg, error: InvalidMessage | BatchyardError, *, 
     await dead_letter(app, msg, stage=stage, reason=reason, error=detail, batch_id=batch_id)
     if batch_id is not None and not isinstance(error, InvalidMessage):
         # Only the attempt this message carries: a later attempt may be alive.
-        await app.store.update(batch_id, {"status": working, "attempt": _attempt(body)},
-                               status="dead", last_error=detail.message)
+        await app.store.move(batch_id, "dead", on_attempt=_attempt(body),
+                             from_=DIES_WITH[stage], last_error=detail.message)
     return reason
 
 
@@ -122,9 +122,8 @@ async def park(app: App, msg: Msg, *, stage: Stage, batch_id: str, attempt: int,
     # replay must find the batch auth_failed. A crash in between leaves the original
     # unacked; its redelivery fails the same way and parks it then.
     for member, member_attempt in pack[1] if pack else [(batch_id, attempt)]:
-        await app.store.update(
-            member, {"attempt": member_attempt, "status": list(LIVE)},
-            status="auth_failed", key_fingerprint=fingerprint,
+        await app.store.move(
+            member, "auth_failed", on_attempt=member_attempt, key_fingerprint=fingerprint,
             last_error=f"{error.code} {error.status}: {error.message}")
     payload = original(msg.data)
     parked = AuthFailed(batch_id=None if pack else batch_id, stage=stage,

@@ -20,6 +20,7 @@ from consumers.app import App
 from consumers.batch import kept, reuse
 from consumers.batch.inputs import Input
 from consumers.errors import PermanentError
+from consumers.status import PACKED, Status
 from events import jetstream as defs
 from events import subjects
 from events.payloads import ErrorDetail, Item, SubmitRequest
@@ -29,7 +30,6 @@ log = structlog.get_logger("batchyard.packing")
 # The Batch API's own bound on requests in one job is far above this; the bound keeps one
 # pack's input, held whole while its job is created, within a pod's memory.
 MAX_PACK_ITEMS = 100_000
-LIVE = ("submitting", "submitted", "auth_failed")
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Member:
     batch_id: str
     attempt: int
     inp: Input  # the attempt as sent
-    status: str
+    status: Status
     job_name: str | None
 
 
@@ -64,7 +64,7 @@ async def members(app: App, pack_id: str) -> list[Member]:
     out = []
     for m in await app.store.packs.members(pack_id):
         row = await app.store.get(m["batch_id"])
-        if row is None or row["attempt"] != m["attempt"] or row["status"] not in LIVE:
+        if row is None or row["attempt"] != m["attempt"] or row["status"] not in PACKED:
             continue
         out.append(Member(m["batch_id"], m["attempt"], await reuse.load(app, row),
                           row["status"], row["job_name"]))
@@ -109,7 +109,7 @@ async def refused(app: App, pack_id: str, found: list[Member], error: PermanentE
                 log.error("pack.member_lost", batch_id=m.batch_id, seq=seq)
                 continue
             data = copy
-        await app.store.update(m.batch_id, {"attempt": m.attempt, "status": "submitting"},
-                               status="pending_submission", last_error=error.message,
-                               job_failures=int(row["job_failures"]) + 1)
+        await app.store.move(m.batch_id, "pending_submission", on_attempt=m.attempt,
+                             from_="submitting", last_error=error.message,
+                             job_failures=int(row["job_failures"]) + 1)
         await publish(app.js, subjects.SUBMIT, data, f"unpacked:{pack_id}:{m.batch_id}")
