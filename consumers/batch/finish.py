@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import structlog
 from nats.aio.msg import Msg
 
@@ -9,6 +11,7 @@ from consumers import failpoints, metrics
 from consumers.app import App, utcnow
 from consumers.batch import letters, reuse
 from consumers.batch.inputs import Input, next_attempt
+from consumers.status import Status
 from events import subjects
 from events.payloads import Completed, DeadItem, ErrorDetail, Item
 from events.publisher import publish
@@ -20,7 +23,7 @@ async def finish_attempt(app: App, msg: Msg, inp: Input, attempt: int,
                          failures: dict[str, ErrorDetail], *, stage: str,
                          job_name: str | None, path: str | None,
                          whole_job_failed: bool = False, member: bool = False,
-                         ) -> str:
+                         ) -> Status:
     """Settle one attempt of a batch; returns the batch's new status.
 
     Publishes happen before the row changes, each with a deterministic Nats-Msg-Id,
@@ -40,15 +43,15 @@ async def finish_attempt(app: App, msg: Msg, inp: Input, attempt: int,
         await app.store.record_path(batch_id, path)
     # Counted in the same guarded update that moves the row on, so that a re-run of
     # this attempt (a crash before that update) does not count the failure twice.
-    counted = ({"job_failures": (row["job_failures"] if row else 0) + 1}
-               if whole_job_failed else {})
+    counted: dict[str, Any] = ({"job_failures": (row["job_failures"] if row else 0) + 1}
+                               if whole_job_failed else {})
     if failed and attempt + 1 < app.settings.max_item_attempts:
         nxt = await next_attempt(app, inp, failed, attempt + 1)
         await publish(app.js, subjects.SUBMIT, nxt, subjects.submit_id(batch_id, attempt + 1))
         failpoints.hit("finish.before_row")
-        await app.store.update(
-            batch_id, {"attempt": attempt, "status": "submitted"}, attempt=attempt + 1,
-            status="pending_submission", items_embedded=embedded, job_name=None,
+        await app.store.move(
+            batch_id, "pending_submission", on_attempt=attempt, from_="submitted",
+            attempt=attempt + 1, items_embedded=embedded, job_name=None,
             input_file=None, last_error=_summary(failures), items_reused=reused, **counted)
         metrics.ITEMS.labels("retried").inc(len(failed))
         log.info("attempt.retrying", items=len(failed), next_attempt=attempt + 1)
@@ -58,19 +61,20 @@ async def finish_attempt(app: App, msg: Msg, inp: Input, attempt: int,
         await _dead_items(app, msg, inp, failed, failures, attempt, whole_job_failed,
                           batch_id if member else None)
     dead = len(failed)
-    status = "succeeded" if not dead else ("failed" if embedded == 0 else "partial")
+    status: Literal["succeeded", "partial", "failed"] = (
+        "succeeded" if not dead else ("failed" if embedded == 0 else "partial"))
     now = utcnow()
     if status != "failed":
         done = Completed(batch_id=batch_id, attempt=attempt, job_name=job_name,
-                         status=status,  # type: ignore[arg-type]
+                         status=status,
                          items_total=total, items_embedded=embedded,
                          items_failed=dead, items_reused=reused, completed_at=now)
         await publish(app.js, subjects.COMPLETED, done,
                       subjects.completed_id(batch_id, attempt))
-    await app.store.update(
-        batch_id, {"attempt": attempt, "status": ["submitted", "submitting"]}, status=status,
-        items_embedded=embedded, items_failed=dead, items_reused=reused,
-        last_error=_summary(failures) if failures else None, completed_at=now, **counted)
+    await app.store.move(
+        batch_id, status, on_attempt=attempt, items_embedded=embedded, items_failed=dead,
+        items_reused=reused, last_error=_summary(failures) if failures else None,
+        completed_at=now, **counted)
     metrics.ITEMS.labels("embedded").inc(len(inp.all_items) - dead)
     if row is not None:
         metrics.BATCH_LATENCY.observe((now - row["created_at"]).total_seconds())

@@ -14,7 +14,7 @@ from consumers import metrics
 from consumers.app import App, utcnow
 from consumers.batch import kept
 from consumers.errors import AuthError, BatchyardError, RetryableError
-from consumers.store.batches import LIVE
+from consumers.status import DIES_WITH
 from events import jetstream as defs
 from events import subjects
 from events.payloads import (
@@ -72,9 +72,9 @@ async def dead_letter(app: App, msg: Msg, *, stage: str, reason: str,
                 batch_id=dead.batch_id, items=len(items) if items else None)
 
 
-async def reject(app: App, msg: Msg, error: InvalidMessage | BatchyardError, *, stage: str,
-                 working: list[str]) -> str:
-    """Dead-letter `msg` for `error`; a batch still in a `working` status becomes dead.
+async def reject(app: App, msg: Msg, error: InvalidMessage | BatchyardError, *,
+                 stage: Stage) -> str:
+    """Dead-letter `msg` for `error`; a batch the message was working on becomes dead.
 
     Returns the reason recorded.
     """
@@ -89,8 +89,8 @@ async def reject(app: App, msg: Msg, error: InvalidMessage | BatchyardError, *, 
     await dead_letter(app, msg, stage=stage, reason=reason, error=detail, batch_id=batch_id)
     if batch_id is not None and not isinstance(error, InvalidMessage):
         # Only the attempt this message carries: a later attempt may be alive.
-        await app.store.update(batch_id, {"status": working, "attempt": _attempt(body)},
-                               status="dead", last_error=detail.message)
+        await app.store.move(batch_id, "dead", on_attempt=_attempt(body),
+                             from_=DIES_WITH[stage], last_error=detail.message)
     return reason
 
 
@@ -141,9 +141,8 @@ async def _park(app: App, data: bytes, seq: int, *, stage: Stage, error: AuthErr
     # replay must find the batch auth_failed. A crash in between leaves the original
     # unacked (or a pack's members unparked); the next round fails the same way.
     for member, member_attempt in members:
-        await app.store.update(
-            member, {"attempt": member_attempt, "status": list(LIVE)},
-            status="auth_failed", key_fingerprint=fingerprint,
+        await app.store.move(
+            member, "auth_failed", on_attempt=member_attempt, key_fingerprint=fingerprint,
             last_error=f"{error.code} {error.status}: {error.message}")
     payload = original(data)
     parked = AuthFailed(batch_id=None if pack else members[0][0], stage=stage,

@@ -22,6 +22,7 @@ from consumers.app import App
 from consumers.batch import kept, letters, reuse
 from consumers.batch.inputs import Input
 from consumers.errors import AuthError, PermanentError
+from consumers.status import PACKED, Status
 from events import jetstream as defs
 from events import subjects
 from events.payloads import ErrorDetail, Item, SubmitRequest
@@ -31,7 +32,6 @@ log = structlog.get_logger("batchyard.packing")
 # The Batch API's own bound on requests in one job is far above this; the bound keeps one
 # pack's input, held whole while its job is created, within a pod's memory.
 MAX_PACK_ITEMS = 100_000
-LIVE = ("submitting", "submitted", "auth_failed")
 LOAD_AT_ONCE = 32
 
 
@@ -40,7 +40,7 @@ class Member:
     batch_id: str
     attempt: int
     inp: Input  # the attempt as sent
-    status: str
+    status: Status
     job_name: str | None
 
 
@@ -65,7 +65,7 @@ async def members(app: App, pack_id: str) -> list[Member]:
     """The pack's members still on the attempt they joined with (a batch re-driven or
     cancelled meanwhile is left out)."""
     rows = [r for r in await app.store.packs.member_rows(pack_id)
-            if r["attempt"] == r["joined_attempt"] and r["status"] in LIVE]
+            if r["attempt"] == r["joined_attempt"] and r["status"] in PACKED]
     out: list[Member] = []
     for at in range(0, len(rows), LOAD_AT_ONCE):  # a round trip each, a few in flight
         some = rows[at:at + LOAD_AT_ONCE]
@@ -105,9 +105,9 @@ async def refused(app: App, pack_id: str, found: list[Member], error: PermanentE
         if (own := await _message(app, m)) is None:
             continue
         row, _, data = own
-        await app.store.update(m.batch_id, {"attempt": m.attempt, "status": "submitting"},
-                               status="pending_submission", last_error=error.message,
-                               job_failures=int(row["job_failures"]) + 1)
+        await app.store.move(m.batch_id, "pending_submission", on_attempt=m.attempt,
+                             from_="submitting", last_error=error.message,
+                             job_failures=int(row["job_failures"]) + 1)
         await publish(app.js, subjects.SUBMIT, data, f"unpacked:{pack_id}:{m.batch_id}")
 
 

@@ -20,7 +20,7 @@ from consumers.app import App
 from consumers.batch import kept
 from consumers.errors import AuthError, PermanentError, RetryableError
 from consumers.gemini.client import TERMINAL, TRANSFER_TIMEOUT, Job
-from consumers.store.batches import FINISHED, LIVE
+from consumers.status import FINISHED, LIVE
 
 log = structlog.get_logger("batchyard.sweep")
 _NAME = re.compile(

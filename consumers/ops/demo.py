@@ -25,6 +25,7 @@ from rich.table import Table
 
 from consumers.ops import provision
 from consumers.settings import Settings
+from consumers.status import FINISHED
 from consumers.store.migrate import Migrator
 from consumers.store.reports import Reports
 from events import jetstream as defs
@@ -37,7 +38,6 @@ from sandbox.pg import postgres_server
 OLD_KEY = "AIzaSyDemoKeyThatWillExpire00000000001"
 NEW_KEY = "AIzaSyDemoKeyAfterRotation000000000002"
 ROOT = Path(__file__).resolve().parents[1]
-FINAL = ("succeeded", "partial", "failed", "dead", "cancelled")
 console = Console()
 
 
@@ -143,9 +143,9 @@ async def _drive(nc: Any, db: asyncpg.Connection, emu: Any, key_file: Path,
             progress.update(bars["polling"], completed=sum(s == "submitted" for s in by.values()))
             progress.update(bars["parked"], completed=parked, total=max(len(seen_parked), 1))
             progress.update(bars["recovered"], total=max(len(seen_parked), 1), completed=sum(
-                by.get(b) in FINAL for b in seen_parked))
+                by.get(b) in FINISHED for b in seen_parked))
             progress.update(embedded_bar, completed=await reports.embedded())
-            if len(by) == len(batches) and all(s in FINAL for s in by.values()):
+            if len(by) == len(batches) and all(s in FINISHED for s in by.values()):
                 break
             await asyncio.sleep(0.5)
     counts = await reports.statuses()

@@ -12,7 +12,7 @@ from consumers.batch import packing, shards
 from consumers.batch.inputs import load_input, next_attempt
 from consumers.errors import BatchyardError
 from consumers.gemini.client import TERMINAL
-from consumers.store.batches import FINISHED
+from consumers.status import FINISHED
 from events import subjects
 from events.payloads import Item
 from events.publisher import publish
@@ -38,9 +38,9 @@ async def _publish_attempt(app: App, batch_id: str, items: list[Item], what: str
                                sent_attempt=attempt, sent_mask=b"\xff" * (len(items) // 8 + 1))
     req = await next_attempt(app, inp, items, attempt)
     ack = await publish(app.js, subjects.SUBMIT, req, subjects.submit_id(batch_id, attempt))
-    await app.store.update(
-        batch_id, {"attempt": row["attempt"], "status": row["status"]}, attempt=attempt,
-        status="pending_submission", items_total=len(inp.items),
+    await app.store.move(
+        batch_id, "pending_submission", on_attempt=row["attempt"], from_=row["status"],
+        attempt=attempt, items_total=len(inp.items),
         items_embedded=len(inp.items) - len(items), items_failed=0, items_reused=0,
         completed_at=None,
         job_name=None, input_file=None)
@@ -91,9 +91,8 @@ async def cancel(app: App, batch_id: str) -> str:
             # Its admission slot is free now, and the sweep may take its input file.
             await app.quota.finished(batch_id, int(row["attempt"]), "cancelled",
                                      int(job["shard"]))
-        changed = await app.store.update(batch_id, {"status": row["status"],
-                                                    "attempt": row["attempt"]},
-                                         status="cancelled")
+        changed = await app.store.move(batch_id, "cancelled", on_attempt=row["attempt"],
+                                       from_=row["status"])
     if not changed:
         return f"batch {batch_id} changed meanwhile: nothing done"
     if (pack_id := await app.store.packs.pack_of(batch_id, int(row["attempt"]))) is not None:

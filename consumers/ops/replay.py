@@ -7,6 +7,7 @@ from nats.js.errors import NotFoundError
 
 from consumers import metrics
 from consumers.app import App
+from consumers.status import UNPARKED_TO
 from events import jetstream as defs
 from events import subjects
 from events.payloads import AuthFailed, InvalidMessage, decode, encode
@@ -22,8 +23,7 @@ async def replay_one(app: App, data: bytes, seq: int) -> str | None:
     except InvalidMessage as exc:
         log.error("parked.unreadable", seq=seq, reason=exc.reason)
         return None
-    status = "pending_submission" if parked.stage == "submit" else "submitted"
-    await app.store.unpark(parked.batch_ids, status)
+    await app.store.unpark(parked.batch_ids, UNPARKED_TO[parked.stage])
     await publish(app.js, parked.subject, encode(parked.payload), subjects.replay_id(seq))
     try:
         await app.js.delete_msg(defs.BATCH_PARKED, seq)

@@ -21,7 +21,7 @@ from consumers.batch.sweep import forget_file, sweep_forever
 from consumers.errors import AuthError, BatchyardError, PermanentError, RetryableError
 from consumers.gemini.client import TERMINAL, Job
 from consumers.runtime import ACK, Outcome, nak, term
-from consumers.store.batches import LIVE
+from consumers.status import LIVE
 from events import jetstream as defs
 from events.payloads import ErrorDetail, InvalidMessage, PollRequest, decode
 
@@ -67,8 +67,8 @@ class Poll:
             await app.quota.progress(req.batch, req.attempt, polled)
         if row["status"] == "auth_failed":
             # Parked at this stage and replayed (or redelivered) before the row moved back.
-            await app.store.update(req.batch, {"attempt": req.attempt,
-                                                  "status": "auth_failed"}, status="submitted")
+            await app.store.move(req.batch, "submitted", on_attempt=req.attempt,
+                                 from_="auth_failed")
         if (job := await self._finished(polled, row["submitted_at"])) is None:
             return nak(app.settings.poll_interval, "waiting")
         async with app.store.claim(req.batch) as claimed:
@@ -196,9 +196,8 @@ class Poll:
         """A replayed shard moves its batch back to submitted, once every shard exists."""
         inp = await reuse.load(self.app, row)
         if shards.covers(recorded, inp):
-            await self.app.store.update(row["batch_id"], {"attempt": row["attempt"],
-                                                          "status": "auth_failed"},
-                                        status="submitted")
+            await self.app.store.move(row["batch_id"], "submitted", on_attempt=row["attempt"],
+                                      from_="auth_failed")
 
     async def _results(self, job: Job, inp: Input) -> tuple[dict[str, ErrorDetail], bool]:
         """Per-item failures of a finished job, and whether the job failed whole."""
@@ -222,8 +221,7 @@ class Poll:
                 return await self._fail_pack(msg, req, req.pack, error)
             if req.shard and (failed := await self._fail_shard(msg, req, error)) is not None:
                 return failed
-        reason = await letters.reject(self.app, msg, error, stage="poll",
-                                      working=["submitted"])
+        reason = await letters.reject(self.app, msg, error, stage="poll")
         if not isinstance(error, InvalidMessage):
             # The job will not be polled again: its slot comes back now (the sweep's
             # reconcile would find it later).

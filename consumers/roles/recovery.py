@@ -25,6 +25,7 @@ from consumers.app import App
 from consumers.batch.letters import unsettled
 from consumers.errors import AuthError, PermanentError, RetryableError
 from consumers.runtime import ACK, Outcome, backoff, term
+from consumers.status import UNPARKED_TO
 from events import jetstream as defs
 from events import subjects
 from events.payloads import InvalidMessage, KeyValid, decode
@@ -125,7 +126,7 @@ async def _replay_batch(app: App, msgs: list[Msg]) -> int:
             log.error("parked.unreadable", seq=msg.metadata.sequence.stream, reason=str(exc))
             await msg.term()
     try:
-        for stage, status in (("submit", "pending_submission"), ("poll", "submitted")):
+        for stage, status in UNPARKED_TO.items():
             ids = [b for _, p in parked if p.stage == stage for b in p.batch_ids]
             if ids:
                 await app.store.unpark(ids, status)

@@ -25,7 +25,7 @@ from consumers.batch.sweep import forget_file
 from consumers.errors import AuthError, BatchyardError, PermanentError, RetryableError
 from consumers.gemini.client import TERMINAL, Job
 from consumers.runtime import ACK, Outcome, backoff, nak, term
-from consumers.store.batches import FINISHED
+from consumers.status import FINISHED, RUNNING
 from events import jetstream as defs
 from events import subjects
 from events.payloads import InvalidMessage, Item, PollRequest, SubmitRequest, decode
@@ -34,7 +34,6 @@ from events.publisher import PublishError, publish
 log = structlog.get_logger("batchyard.submit")
 BUSY_DELAY = 5.0
 HOLD_PAUSE = 2.0  # after a hold, this pod fetches again no sooner than this
-RUNNING = ("submitting", "submitted")
 SEAL_EVERY = 0.25  # seconds between the sealer's looks for packs due (one query)
 FALLBACK_AFTER = 2  # whole-job failures on the Batch API side before going online
 HELD = Outcome(ACK.action, label="held")
@@ -183,8 +182,8 @@ class Submit:
             if row is None or (skip := await self._already(msg, row, req)) is not None:
                 return skip or ACK
             seq = msg.metadata.sequence.stream
-            await app.store.update(
-                batch_id, status="submitting", attempt=req.attempt, input_seq=seq,
+            await app.store.move(
+                batch_id, "submitting", attempt=req.attempt, input_seq=seq,
                 key_fingerprint=app.keys.fingerprint,
                 origin_seq=seq if row["origin_seq"] is None else row["origin_seq"])
             inp, _ = await reuse.resolve(app, Input(req, items), row)
@@ -214,8 +213,8 @@ class Submit:
             if isinstance(made, Outcome):
                 return made
             job, input_file = made
-            await app.store.update(
-                batch_id, {"attempt": req.attempt, "status": "submitting"}, status="submitted",
+            await app.store.move(
+                batch_id, "submitted", on_attempt=req.attempt, from_="submitting",
                 job_name=job.name, input_file=input_file, submitted_at=utcnow(), last_error=None)
         await self._hand_to_poll(batch_id, req.attempt, job.name)
         log.info("batch.submitted", job_name=job.name, items=len(inp.items),
@@ -227,8 +226,8 @@ class Submit:
         wait spends no deliveries). After `full` (no room) this pod fetches no more until
         a job finishes or the cooldown passes."""
         req = decode(msg.data, SubmitRequest)
-        await self.app.store.update(req.batch_id, {"attempt": req.attempt, "status": "submitting"},
-                                    status="pending_submission")
+        await self.app.store.move(req.batch_id, "pending_submission", on_attempt=req.attempt,
+                                  from_="submitting")
         self.app.quota.paused_until = time.monotonic() + HOLD_PAUSE
         if full:
             await self.app.quota.full()
@@ -294,9 +293,9 @@ class Submit:
             log.info("shard.submitted", shard=k, shards=len(parts), job_name=job.name,
                      items=len(items))
             failpoints.hit("submit.between_shards")
-        await app.store.update(
-            batch_id, {"attempt": attempt, "status": ["submitting", "submitted"]},
-            status="submitted", job_name=None, input_file=None, last_error=None,
+        await app.store.move(
+            batch_id, "submitted", on_attempt=attempt, from_=("submitting", "submitted"),
+            job_name=None, input_file=None, last_error=None,
             submitted_at=row["submitted_at"] or utcnow())
         await shards.settle(app, msg, inp, stage="submit")  # all shards may be done already
         return ACK
@@ -385,8 +384,8 @@ class Submit:
     async def _online(self, msg: Msg, inp: Input) -> None:
         await costs.submitted(self.app, inp, "online")
         ingest = await embed_online(self.app, inp)
-        await self.app.store.update(inp.request.batch_id, {"attempt": inp.request.attempt},
-                                    status="submitted", submitted_at=utcnow())
+        await self.app.store.move(inp.request.batch_id, "submitted",
+                                  on_attempt=inp.request.attempt, submitted_at=utcnow())
         await finish_attempt(self.app, msg, inp, inp.request.attempt, ingest.failures,
                              stage="submit", job_name=None, path="online")
 
@@ -398,8 +397,7 @@ class Submit:
 
     async def reject(self, msg: Msg, error: InvalidMessage | PermanentError | RetryableError,
                      ) -> Outcome:
-        return term(await letters.reject(self.app, msg, error, stage="submit",
-                                         working=["submitting", "pending_submission"]))
+        return term(await letters.reject(self.app, msg, error, stage="submit"))
 
     async def park(self, msg: Msg, error: AuthError) -> Outcome:
         req = decode(msg.data, SubmitRequest)

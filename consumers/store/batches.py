@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypedDict
 
 import asyncpg
 import numpy as np
 
+from consumers.status import FINISHED, INITIAL, Status, allowed_from
 from consumers.store.embeddings import Embeddings
 from consumers.store.errors import db_errors
 from consumers.store.jobs import Jobs
@@ -17,9 +18,6 @@ from consumers.store.pgcopy import COLUMNS, encode_rows
 from consumers.store.reports import Reports
 
 CLAIM_WAIT = 30.0  # a claim waits this long for a connection, then the message naks
-FINISHED = frozenset({"succeeded", "partial", "failed", "dead", "cancelled"})
-# An attempt in one of these still has messages that will settle its jobs.
-LIVE = ("pending_submission", "submitting", "submitted", "auth_failed")
 
 _WRITE_EMBEDDINGS = """
 INSERT INTO batchyard.embeddings (item_id, model, batch_id, dims, embedding, task_type,
@@ -38,6 +36,12 @@ ORDER BY o.n
 """
 
 
+class Where(TypedDict, total=False):
+    """What a batch row must say for an update to apply."""
+    attempt: int
+    status: Status | Collection[Status]
+
+
 class Store:
     def __init__(self, pool: asyncpg.Pool):
         self.pool = pool
@@ -49,13 +53,13 @@ class Store:
     async def ping(self) -> bool:
         return bool(await self.pool.fetchval("SELECT true"))
 
-    async def unpark(self, batch_ids: Sequence[str], status: str) -> None:
-        """Put parked batches back to `status` for their replay (only those still parked)."""
+    async def unpark(self, batch_ids: Sequence[str], to: Status) -> None:
+        """Put parked batches back to `to` for their replay (only those still parked)."""
         async with db_errors():
             await self.pool.execute(
                 "UPDATE batchyard.batches SET status = $2, last_error = NULL, "
-                "updated_at = now() WHERE batch_id = ANY($1) AND status = 'auth_failed'",
-                list(batch_ids), status)
+                "updated_at = now() WHERE batch_id = ANY($1) AND status = ANY($3)",
+                list(batch_ids), to, list(allowed_from(to, "auth_failed")))
 
     async def past(self, batch_ids: Sequence[str], attempts: Sequence[int],
                    ) -> list[bool]:
@@ -96,23 +100,41 @@ class Store:
             row = await self.pool.fetchrow(
                 """INSERT INTO batchyard.batches
                    (batch_id, status, model, items_total, attempt, source)
-                   VALUES ($1, 'pending_submission', $2, $3, $4, $5)
+                   VALUES ($1, $6, $2, $3, $4, $5)
                    ON CONFLICT (batch_id) DO NOTHING RETURNING *""",
-                batch_id, model, items, attempt, source)
+                batch_id, model, items, attempt, source, INITIAL)
             if row is None:
                 row = await self.pool.fetchrow(
                     "SELECT * FROM batchyard.batches WHERE batch_id = $1", batch_id)
             assert row is not None
             return row
 
-    async def update(self, batch_id: str, where: dict[str, Any] | None = None,
+    async def move(self, batch_id: str, to: Status, *, on_attempt: int | None = None,
+                   from_: Status | Collection[Status] | None = None, **values: Any) -> bool:
+        """Move the batch to status `to`, setting `values`, if the table lets it go there
+        from its status (only from `from_` when given) and it is on `on_attempt` when
+        given; True if it moved."""
+        if "status" in values:
+            raise TypeError("the status to move to is `to`")
+        where: Where = {"status": allowed_from(to, from_)}
+        if on_attempt is not None:
+            where["attempt"] = on_attempt
+        return await self._set(batch_id, where, {**values, "status": to})
+
+    async def update(self, batch_id: str, where: Where | None = None,
                      **values: Any) -> bool:
-        """Set `values` on the batch if its columns match `where`; True if a row changed."""
+        """Set `values` on the batch if its columns match `where`; True if a row changed.
+        The status is never set here: every change of it is a `move`."""
+        if "status" in values:
+            raise TypeError("a status change goes through Store.move")
+        return await self._set(batch_id, where or {}, values)
+
+    async def _set(self, batch_id: str, where: Where, values: dict[str, Any]) -> bool:
         cols = list(values)
         sets = ", ".join(f"{c} = ${i}" for i, c in enumerate(cols, 2))
         args: list[Any] = [batch_id, *values.values()]
         conds = ["batch_id = $1"]
-        for c, v in (where or {}).items():
+        for c, v in where.items():
             if isinstance(v, list | tuple | frozenset | set):
                 args.append(list(v))
                 conds.append(f"{c} = ANY(${len(args)})")

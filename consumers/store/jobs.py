@@ -7,7 +7,7 @@ counts stay right through crashes and restarts without any pod keeping state.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import asyncpg
 
@@ -148,7 +148,7 @@ class Jobs:
                                               shards))
 
     async def stale(self, older_than: float, abandoned_after: float, limit: int,
-                    live: Sequence[str]) -> list[asyncpg.Record]:
+                    live: Collection[str]) -> list[asyncpg.Record]:
         """Rows active for longer than `older_than` seconds whose attempt is over."""
         async with db_errors():
             return list(await self.pool.fetch(_STALE, older_than, abandoned_after, limit,

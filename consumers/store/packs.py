@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
+from consumers.status import allowed_from
 from consumers.store.errors import db_errors
 
 # One open pack per (model, dims, task type) takes joins until the next would not fit.
@@ -145,15 +146,17 @@ class Packs:
     async def submitted(self, members: list[tuple[str, int]], job_name: str,
                         input_file: str | None) -> None:
         """The pack's job exists: its members (batch id, attempt) still `submitting` on
-        that attempt say `submitted` with its job_name, in one statement."""
+        that attempt say `submitted` with its job_name, in one statement (the move the
+        status table allows, for many rows at once)."""
         async with db_errors():
             await self.pool.execute(
                 "UPDATE batchyard.batches b SET status = 'submitted', job_name = $3,"
                 " input_file = $4, submitted_at = now(), last_error = NULL,"
                 " updated_at = now() FROM unnest($1::text[], $2::int[]) AS m(batch_id,"
                 " attempt) WHERE b.batch_id = m.batch_id AND b.attempt = m.attempt"
-                " AND b.status = 'submitting'",
-                [b for b, _ in members], [a for _, a in members], job_name, input_file)
+                " AND b.status = ANY($5)",
+                [b for b, _ in members], [a for _, a in members], job_name, input_file,
+                list(allowed_from("submitted", "submitting")))
 
     async def handing_off(self, pack_id: str) -> bool:
         """Whether a member is still `submitting` on the attempt it joined with: the
