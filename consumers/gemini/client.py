@@ -26,6 +26,8 @@ from consumers.settings import Settings
 T = TypeVar("T")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "expired"})
 _FIELD_MASK = "X-Goog-FieldMask"
+# What a poll reads of a job to learn whether it is over: all but the inlined results.
+_STATE_ONLY = "name,metadata(displayName,state,batchStats,output.responsesFile)"
 TRANSFER_TIMEOUT = 1800.0
 
 
@@ -165,19 +167,22 @@ class Gemini:
             resp = await aio._api_client.async_request("post", path, body, None)
             return _raw_job(resp.body, "")
 
-    async def get_job(self, name: str) -> Job:
-        """The job's state and, once it has them, its inlined results.
+    async def get_job(self, name: str, *, results: bool = True) -> Job:
+        """The job's state and, once it has them and `results` is asked, its inlined
+        results.
 
         The request goes through the SDK's own API client (same URL, headers, retries and
         errors as `batches.get`); its answer is read by `_raw_job` instead of the SDK's
         json.loads and pydantic models, since a finished job's inlined results are
         megabytes of JSON. The field mask (a partial response, which every Google API
-        serves) leaves out the Operation's `response`, a second copy of those results.
+        serves) leaves out the Operation's `response`, a second copy of those results,
+        and without `results` the inlined results too.
         """
         async with self._call("batches.get"):
             aio = await self._aio()
             path = f"batches/{genai_names.t_batch_job_name(aio._api_client, name)}"
-            options = {**self._long()["http_options"], "headers": {_FIELD_MASK: "name,metadata"}}
+            mask = "name,metadata" if results else _STATE_ONLY
+            options = {**self._long()["http_options"], "headers": {_FIELD_MASK: mask}}
             resp = await aio._api_client.async_request("get", path, {}, options)
             return _raw_job(resp.body, name)
 

@@ -132,17 +132,20 @@ class Poll:
         if pack is None or pack["job_name"] != req.job_name:
             log.info("poll.skipped", reason="not this pack's job")
             return ACK
-        polled = await app.gemini.get_job(req.job_name)
+        # The state alone first: the slot comes back before megabytes of results do.
+        polled = await app.gemini.get_job(req.job_name, results=False)
         if not polled.done:
             await app.store.packs.progress(pack_id, polled.state)
         if (job := await self._finished(polled, pack["sealed_at"])) is None:
             return nak(app.settings.poll_interval, "waiting")
         if await app.store.packs.handing_off(pack_id):
             return nak(app.settings.poll_interval, "hand-off under way")
-        await app.quota.pack_finished(pack_id, job.state)  # the slot back before the work
+        await app.quota.pack_finished(pack_id, job.state)
         async with app.store.claim(f"pack:{pack_id}") as claimed:
             if not claimed:
                 return nak(app.settings.poll_interval, "busy")
+            if polled.done:
+                job = await app.gemini.get_job(req.job_name)
             # A redelivery finds the members it settled already moved on. Members still
             # auth_failed were parked with this poll, replayed before their rows moved.
             found = [m for m in await packing.members(app, pack_id)

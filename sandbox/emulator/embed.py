@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import struct
 
 import numpy as np
 
@@ -26,7 +25,7 @@ def vector(model: str, text: str, dims: int) -> list[float]:
     full = max(dims, FULL_DIMS)
     digest = hashlib.sha256(f"{model}\0{text}".encode()).digest()
     raw = random.Random(int.from_bytes(digest, "big")).randbytes(4 * full)
-    values = np.asarray(struct.unpack(f"<{full}i", raw), dtype=np.float64)
+    values = np.frombuffer(raw, dtype="<i4").astype(np.float64)
     norm = float(np.linalg.norm(values))
     if norm == 0.0:
         values, norm = np.eye(1, full)[0], 1.0

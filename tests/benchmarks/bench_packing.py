@@ -10,9 +10,11 @@ over that. Without packing each batch is its own job; that run is cut after WIND
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -79,6 +81,8 @@ async def _run(pack_wait: str, cut: float | None) -> dict[str, Any]:
             await asyncio.sleep(0.2)
         elapsed = time.monotonic() - start
         state = await emu.state()
+        if logs:
+            Path(f"{logs}/emulator-state.json").write_text(json.dumps(state))
         done = [j for j in state["jobs"] if j["state"] == "BATCH_STATE_SUCCEEDED"]
         finished = await db.fetchval("SELECT count(*) FROM batchyard.batches"
                                      " WHERE status = 'succeeded'")
@@ -127,6 +131,4 @@ async def main() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    import json
-
     print(json.dumps(asyncio.run(main()), indent=2))
