@@ -475,3 +475,28 @@ async def test_the_sweep_deletes_only_pack_input_files_no_job_needs(stack: Stack
     names = {f["name"] for f in (await stack.emulator.state())["files"]}
     assert kept <= names and not gone & names
     await db.close()
+
+
+async def test_a_pack_stuck_past_the_max_wait_is_cancelled_and_every_member_goes_round(
+        stack: Stack) -> None:
+    """Every job hangs: the pack's is cancelled after BATCHYARD_MAX_WAIT and each member
+    goes round alone, then (its own second whole failure) online."""
+    await stack.emulator.set_faults(job_pending_s=0, job_running_s=600)
+    await stack.pod("submit", "poll", BATCHYARD_MAX_WAIT="3s", **PACK)
+    nc = await stack.nc()
+    for n in range(3):
+        await submit(nc, batch(f"m{n}", 20))
+    assert await wait_finished(stack, 3, timeout=120) == {"succeeded": 3}
+    db = await stack.db()
+    rows = await db.fetch("SELECT job_failures, attempt, embed_path FROM batchyard.batches")
+    assert [tuple(r) for r in rows] == [(2, 2, "online")] * 3
+    jobs = (await stack.emulator.state())["jobs"]
+    assert sorted(j["display_name"] for j in jobs if not j["display_name"].startswith(
+        "pack:")) == ["m0:1", "m1:1", "m2:1"]
+    assert {j["state"] for j in jobs} <= {"BATCH_STATE_CANCELLING", "BATCH_STATE_CANCELLED"}
+    assert len(_packs({"jobs": jobs})) == 1
+    assert await db.fetchval("SELECT state FROM batchyard.packs") == "cancelled"
+    assert dict(await db.fetch("SELECT batch_id, count(*) FROM batchyard.embeddings"
+                               " GROUP BY batch_id")) == {"m0": 20, "m1": 20, "m2": 20}
+    await db.close()
+    await nc.close()
