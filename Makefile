@@ -38,7 +38,7 @@ deps: venv
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
 	fi
-# promtool, for tests/test_observability.py: Debian ships it in `prometheus`, whose
+# promtool, for tests/ops/test_observability.py: Debian ships it in `prometheus`, whose
 # server the tests do not need, so a service the package starts is stopped again.
 	@if command -v promtool >/dev/null 2>&1; then \
 	  echo "promtool: present"; \
@@ -50,7 +50,7 @@ deps: venv
 	  echo "promtool: could not be installed; the tests that need it will skip and say so"; \
 	fi
 # Node.js and the reference AsyncAPI parser (tests/asyncapi, from its package-lock.json),
-# for tests/test_asyncapi.py.
+# for tests/ops/test_asyncapi.py.
 	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then \
 	  echo "node: $$(node --version) present"; \
 	else \

@@ -19,9 +19,9 @@ from consumers.settings import Settings
 from events import jetstream as defs
 from sandbox._proc import free_port
 from tests.harness import Stack, wait_for
-from tests.test_deploy import BASE, render
+from tests.ops.test_deploy import BASE, render
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OBS = ROOT / "deploy" / "observability"
 RULES = OBS / "alerts.yaml"
 DASHBOARD = OBS / "dashboard.json"

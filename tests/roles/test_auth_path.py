@@ -9,57 +9,40 @@ from events import subjects
 from events.payloads import KeyInvalid, KeyValid, decode
 from tests.conftest import KEY
 from tests.harness import Stack, batch, statuses, stream_messages, submit, wait_finished, wait_for
+from tests.keys import BAD_KEY, NEW_KEY, everything, n_parked, parked, rotate
 
-NEW_KEY = "AIzaSyBatchyardTestKeyRotated0000000002"
-BAD_KEY = "AIzaSyBatchyardTestKeyAlsoBad00000000003"
 BATCH_CALLS = ("batches.create", "files.upload", "batches.get", "files.download")
 
 
-async def _everything(stack: Stack, **env: str) -> None:
-    for _ in range(2):
-        await stack.pod("submit", "poll", **env)
-        await stack.pod("recovery", **env)
-        await stack.pod("key-health", **env)
 
 
-async def _parked(stack: Stack) -> int:
-    nc = await stack.nc()
-    try:
-        return (await nc.jetstream().stream_info(defs.BATCH_PARKED)).state.messages
-    finally:
-        await nc.close()
 
 
 def _calls(state: dict, key: str) -> int:
     return sum(n for ep, n in state["calls"].get(key, {}).items() if ep in BATCH_CALLS)
 
 
-async def _rotate(stack: Stack, key: str) -> None:
-    stack.key_file.write_text(key + "\n")
-    nc = await stack.nc()
-    await nc.jetstream().publish(subjects.KEY_ROTATED, b"")
-    await nc.close()
 
 
 async def test_expired_key_parks_then_rotation_replays_everything(stack: Stack) -> None:
     """Expired key: batches park, none fail; a rotated key replays and embeds them all."""
     await stack.emulator.set_key(KEY, "expired")
     await stack.emulator.set_key(NEW_KEY, "valid")
-    await _everything(stack)
+    await everything(stack)
     nc = await stack.nc()
     for n in range(20):
         await submit(nc, batch(f"k{n}", 30 + n))
-    await wait_for(lambda: _n_parked(stack, 20), 60, what="20 parked")
+    await wait_for(lambda: n_parked(stack, 20), 60, what="20 parked")
     db = await stack.db()
     assert await statuses(db) == {"auth_failed": 20}
     tripped = _calls(await stack.emulator.state(), KEY)
     for n in range(20, 30):  # later batches make no call with the known-bad key
         await submit(nc, batch(f"k{n}", 12))
-    await wait_for(lambda: _n_parked(stack, 30), 60, what="30 parked")
+    await wait_for(lambda: n_parked(stack, 30), 60, what="30 parked")
     assert _calls(await stack.emulator.state(), KEY) == tripped
-    await _rotate(stack, NEW_KEY)
+    await rotate(stack, NEW_KEY)
     assert await wait_finished(stack, 30, timeout=120) == {"succeeded": 30}
-    assert await _parked(stack) == 0
+    assert await parked(stack) == 0
     names = [j["display_name"] for j in (await stack.emulator.state())["jobs"]]
     assert len(names) == len(set(names)) == 30
     valid = [decode(m, KeyValid) for m in await stream_messages(nc, subjects.KEY_VALID)]
@@ -70,15 +53,13 @@ async def test_expired_key_parks_then_rotation_replays_everything(stack: Stack) 
     assert KEY not in stack.logs() and NEW_KEY not in stack.logs()
 
 
-async def _n_parked(stack: Stack, n: int) -> bool:
-    return await _parked(stack) >= n
 
 
 async def test_expiry_while_polling_resumes_the_same_jobs(stack: Stack) -> None:
     """The key expires while jobs run: polls park, and after rotation the same jobs finish."""
     await stack.emulator.set_faults(job_pending_s=1, job_running_s=600)
     await stack.emulator.set_key(NEW_KEY, "valid")
-    await _everything(stack)
+    await everything(stack)
     nc = await stack.nc()
     for n in range(8):
         await submit(nc, batch(f"p{n}", 40))
@@ -86,9 +67,9 @@ async def test_expiry_while_polling_resumes_the_same_jobs(stack: Stack) -> None:
     await wait_for(lambda: db.fetchval(
         "SELECT count(*) = 8 FROM batchyard.batches WHERE status = 'submitted'"), 60)
     await stack.emulator.set_key(KEY, "expired")
-    await wait_for(lambda: _n_parked(stack, 8), 60, what="8 parked polls")
+    await wait_for(lambda: n_parked(stack, 8), 60, what="8 parked polls")
     assert await statuses(db) == {"auth_failed": 8}
-    await _rotate(stack, NEW_KEY)
+    await rotate(stack, NEW_KEY)
     await wait_for(lambda: db.fetchval(
         "SELECT count(*) = 8 FROM batchyard.batches WHERE status = 'submitted'"), 60,
         what="8 polls replayed")
@@ -112,9 +93,9 @@ async def test_recovery_killed_mid_drain_replays_each_once(stack: Stack) -> None
     await stack.pod("key-health")
     for n in range(150):
         await submit(nc, batch(f"r{n}", 11))
-    await wait_for(lambda: _n_parked(stack, 150), 90, what="150 parked")
+    await wait_for(lambda: n_parked(stack, 150), 90, what="150 parked")
     doomed = await stack.pod("recovery")
-    await _rotate(stack, NEW_KEY)
+    await rotate(stack, NEW_KEY)
     await wait_for(lambda: _parked_below(stack, 140), 60, what="drain started")
     await doomed.kill()
     await stack.pod("recovery")
@@ -122,12 +103,12 @@ async def test_recovery_killed_mid_drain_replays_each_once(stack: Stack) -> None
     assert await wait_finished(stack, 150, timeout=180) == {"succeeded": 150}
     names = [j["display_name"] for j in (await stack.emulator.state())["jobs"]]
     assert len(names) == len(set(names)) == 150
-    assert await _parked(stack) == 0
+    assert await parked(stack) == 0
     await nc.close()
 
 
 async def _parked_below(stack: Stack, n: int) -> bool:
-    return await _parked(stack) < n
+    return await parked(stack) < n
 
 
 async def test_key_valid_while_recovery_is_down_is_drained_when_it_starts(stack: Stack) -> None:
@@ -139,11 +120,11 @@ async def test_key_valid_while_recovery_is_down_is_drained_when_it_starts(stack:
     nc = await stack.nc()
     for n in range(5):
         await submit(nc, batch(f"late{n}", 12))
-    await wait_for(lambda: _n_parked(stack, 5), 60)
-    await _rotate(stack, NEW_KEY)
+    await wait_for(lambda: n_parked(stack, 5), 60)
+    await rotate(stack, NEW_KEY)
     await wait_for(lambda: _has(nc, subjects.KEY_VALID), 30, what="key.valid")
     await asyncio.sleep(1)
-    assert await _parked(stack) == 5
+    assert await parked(stack) == 5
     await stack.pod("recovery")
     assert await wait_finished(stack, 5, timeout=60) == {"succeeded": 5}
     await nc.close()
@@ -157,15 +138,15 @@ async def test_rotation_to_another_bad_key_stays_parked(stack: Stack) -> None:
     """Rotating to a key that is also bad: key.invalid is announced, nothing replays or is lost."""
     await stack.emulator.set_key(KEY, "revoked")
     await stack.emulator.set_key(BAD_KEY, "invalid")
-    await _everything(stack)
+    await everything(stack)
     nc = await stack.nc()
     for n in range(6):
         await submit(nc, batch(f"bad{n}", 12))
-    await wait_for(lambda: _n_parked(stack, 6), 60)
-    await _rotate(stack, BAD_KEY)
+    await wait_for(lambda: n_parked(stack, 6), 60)
+    await rotate(stack, BAD_KEY)
     await wait_for(lambda: _invalid_for(nc, BAD_KEY), 30, what="key.invalid for the new key")
     await asyncio.sleep(2)
-    assert await _parked(stack) == 6
+    assert await parked(stack) == 6
     db = await stack.db()
     assert await statuses(db) == {"auth_failed": 6}
     invalid = [decode(m, KeyInvalid) for m in await stream_messages(nc, subjects.KEY_INVALID)]
@@ -186,15 +167,15 @@ async def test_recovery_disabled_waits_for_parked_replay(stack: Stack) -> None:
     """With recovery disabled nothing replays by itself; `batchyard parked replay` does it."""
     await stack.emulator.set_key(KEY, "expired")
     await stack.emulator.set_key(NEW_KEY, "valid")
-    await _everything(stack, BATCHYARD_AUTH_RECOVERY_ENABLED="false")
+    await everything(stack, BATCHYARD_AUTH_RECOVERY_ENABLED="false")
     nc = await stack.nc()
     for n in range(4):
         await submit(nc, batch(f"manual{n}", 12))
-    await wait_for(lambda: _n_parked(stack, 4), 60)
-    await _rotate(stack, NEW_KEY)
+    await wait_for(lambda: n_parked(stack, 4), 60)
+    await rotate(stack, NEW_KEY)
     await wait_for(lambda: _has(nc, subjects.KEY_VALID), 30, what="key.valid")
     await asyncio.sleep(2)
-    assert await _parked(stack) == 4
+    assert await parked(stack) == 4
     code, out = await stack.cli("parked", "replay")
     assert code == 0 and "replayed 4" in out, out
     assert await wait_finished(stack, 4, timeout=60) == {"succeeded": 4}

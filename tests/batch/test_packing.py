@@ -267,7 +267,7 @@ async def test_cancelling_a_member_drops_only_its_results(stack: Stack) -> None:
 async def test_key_expiry_while_a_pack_runs_parks_it_once_and_resumes_the_same_job(
         stack: Stack) -> None:
     from tests.conftest import KEY
-    from tests.test_auth_path import NEW_KEY, _n_parked, _parked, _rotate
+    from tests.keys import NEW_KEY, n_parked, parked, rotate
 
     await stack.emulator.set_faults(job_pending_s=1, job_running_s=600)
     await stack.emulator.set_key(NEW_KEY, "valid")
@@ -284,14 +284,14 @@ async def test_key_expiry_while_a_pack_runs_parks_it_once_and_resumes_the_same_j
     quota = json.loads((await stack.cli("status", "--json"))[1])["quota"]
     assert (quota["active_jobs"], quota["active_packs"], quota["packs_filling"]) == (1, 1, 0)
     await stack.emulator.set_key(KEY, "expired")
-    await wait_for(lambda: _n_parked(stack, 1), 60, what="the pack's poll parked")
-    assert await _parked(stack) == 1  # once for the pack
+    await wait_for(lambda: n_parked(stack, 1), 60, what="the pack's poll parked")
+    assert await parked(stack) == 1  # once for the pack
     assert dict(await db.fetch("SELECT status, count(*) FROM batchyard.batches"
                                " GROUP BY status")) == {"auth_failed": 4}
-    parked = json.loads((await stack.cli("parked", "list", "--json"))[1])
-    assert [p["batch_id"] for p in parked] == [
+    listed = json.loads((await stack.cli("parked", "list", "--json"))[1])
+    assert [p["batch_id"] for p in listed] == [
         await db.fetchval("SELECT pack_id FROM batchyard.packs")]
-    await _rotate(stack, NEW_KEY)
+    await rotate(stack, NEW_KEY)
     await wait_for(lambda: db.fetchval(
         "SELECT count(*) = 4 FROM batchyard.batches WHERE status = 'submitted'"), 60,
         what="the pack's poll replayed")
@@ -305,7 +305,7 @@ async def test_key_expiry_while_a_pack_runs_parks_it_once_and_resumes_the_same_j
 
 async def test_a_bad_key_at_sealing_parks_each_members_own_message(stack: Stack) -> None:
     from tests.conftest import KEY
-    from tests.test_auth_path import NEW_KEY, _n_parked, _parked, _rotate
+    from tests.keys import NEW_KEY, n_parked, parked, rotate
 
     await stack.emulator.set_key(NEW_KEY, "valid")
     await stack.emulator.set_key(KEY, "expired")
@@ -315,16 +315,16 @@ async def test_a_bad_key_at_sealing_parks_each_members_own_message(stack: Stack)
     nc = await stack.nc()
     for n in range(3):
         await submit(nc, batch(f"k{n}", 20))
-    await wait_for(lambda: _n_parked(stack, 3), 60, what="each member parked")
-    assert await _parked(stack) == 3  # one park a member, none for the pack
+    await wait_for(lambda: n_parked(stack, 3), 60, what="each member parked")
+    assert await parked(stack) == 3  # one park a member, none for the pack
     db = await stack.db()
     assert dict(await db.fetch("SELECT status, count(*) FROM batchyard.batches"
                                " GROUP BY status")) == {"auth_failed": 3}
-    parked = json.loads((await stack.cli("parked", "list", "--json"))[1])
-    assert sorted(p["batch_id"] for p in parked) == ["k0", "k1", "k2"]
+    listed = json.loads((await stack.cli("parked", "list", "--json"))[1])
+    assert sorted(p["batch_id"] for p in listed) == ["k0", "k1", "k2"]
     assert await db.fetchval("SELECT state FROM batchyard.packs") == "cancelled"
     assert (await stack.emulator.state())["jobs"] == []
-    await _rotate(stack, NEW_KEY)
+    await rotate(stack, NEW_KEY)
     assert await wait_finished(stack, 3) == {"succeeded": 3}
     packs = _packs(await stack.emulator.state())
     assert len(packs) == 1 and packs[0]["request_count"] == 60, packs  # packed again

@@ -22,7 +22,7 @@ from events.payloads import SubmitRequest, decode, encode
 from tests.harness import Stack, batch, submit, wait_finished, wait_for
 from tests.test_payloads import MALFORMED, _sub
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "asyncapi.yaml"
 SCHEMAS = ROOT / "docs" / "schemas"
 PARSER_DIR = ROOT / "tests" / "asyncapi"

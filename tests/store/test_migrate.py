@@ -87,7 +87,7 @@ async def test_failed_migration_rolls_back_and_dirty_db_refuses(
 
 def test_every_migration_has_up_and_down() -> None:
     """Migration files follow golang-migrate's naming, in pairs."""
-    names = sorted(p.name for p in (Path(__file__).parents[1] / "migrations").iterdir())
+    names = sorted(p.name for p in (Path(__file__).parents[2] / "migrations").iterdir())
     assert names[:2] == ["000001_init.down.sql", "000001_init.up.sql"]
     assert len(names) == 2 * len(load())
     assert "000002_jobs.up.sql" in names

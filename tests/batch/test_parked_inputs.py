@@ -11,7 +11,7 @@ from events import subjects
 from events.payloads import Item, SubmitRequest, encode_items_jsonl
 from tests.conftest import KEY
 from tests.harness import Stack, batch, statuses, submit, wait_finished, wait_for
-from tests.test_auth_path import NEW_KEY, _everything, _n_parked, _rotate
+from tests.keys import NEW_KEY, everything, n_parked, rotate
 
 
 async def _objects(nc: Any, bucket: str) -> list[str]:
@@ -26,7 +26,7 @@ async def test_inputs_purged_while_parked_are_replayed_from_the_kept_copies(
         stack: Stack) -> None:
     await stack.emulator.set_faults(job_pending_s=1, job_running_s=600)
     await stack.emulator.set_key(NEW_KEY, "valid")
-    await _everything(stack, BATCHYARD_FILE_SWEEP_INTERVAL="2s")
+    await everything(stack, BATCHYARD_FILE_SWEEP_INTERVAL="2s")
     await stack.started()
     nc = await stack.nc()
     js = nc.jetstream()
@@ -48,12 +48,12 @@ async def test_inputs_purged_while_parked_are_replayed_from_the_kept_copies(
         "SELECT count(*) = 2 FROM batchyard.batches WHERE status = 'submitted'"), 60,
         what="2 jobs running")
     await stack.emulator.set_key(KEY, "expired")
-    await wait_for(lambda: _n_parked(stack, 2), 60, what="2 parked polls")
+    await wait_for(lambda: n_parked(stack, 2), 60, what="2 parked polls")
     # Parked at the submit stage: the key is known bad.
     for req in (batch("submit-inline", 20), await by_object("submit-object", 15)):
         texts.setdefault(req.batch_id, 20)
         await submit(nc, req)
-    await wait_for(lambda: _n_parked(stack, 4), 60, what="4 parked")
+    await wait_for(lambda: n_parked(stack, 4), 60, what="4 parked")
     assert await statuses(db) == {"auth_failed": 4}
 
     # A week passes: BATCH's submits and every BATCH_INPUTS object age out.
@@ -63,7 +63,7 @@ async def test_inputs_purged_while_parked_are_replayed_from_the_kept_copies(
     kept = await _objects(nc, defs.BATCH_KEPT)
     assert len(kept) == 4, kept  # the 2 poll-stage submits, the 2 objects
 
-    await _rotate(stack, NEW_KEY)
+    await rotate(stack, NEW_KEY)
     await wait_for(lambda: db.fetchval(
         "SELECT count(*) = 4 FROM batchyard.batches WHERE status = 'submitted'"), 60,
         what="4 replayed, their jobs running")

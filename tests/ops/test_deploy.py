@@ -35,7 +35,7 @@ from sandbox.emulator.cli import parser as emulator_parser
 from sandbox.natsauth import passwords
 from sandbox.natsd import server_binary
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 BASE = DEPLOY / "k8s" / "base"
 PRODUCTION = DEPLOY / "k8s" / "overlays" / "production"

@@ -199,6 +199,6 @@ async def test_a_wrong_password_is_one_line_at_start(secured: AuthStack) -> None
 def test_committed_auth_conf_equals_code() -> None:
     """deploy/nats/cluster/auth.conf is exactly what events/permissions.py renders, and
     secure.conf includes it."""
-    root = Path(__file__).resolve().parents[1] / "deploy" / "nats" / "cluster"
+    root = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "cluster"
     assert (root / "auth.conf").read_text() == render()
     assert "include ./auth.conf" in (root / "secure.conf").read_text()

@@ -10,7 +10,7 @@ from events import jetstream as defs
 from sandbox.pg import PostgresServer
 from tests.conftest import KEY
 from tests.harness import Stack, batch, statuses, submit, wait_finished, wait_for
-from tests.test_auth_path import NEW_KEY, _n_parked, _parked, _rotate
+from tests.keys import NEW_KEY, n_parked, parked, rotate
 
 BATCHES = 12
 
@@ -24,7 +24,7 @@ async def _park_all(stack: Stack) -> None:
     for n in range(BATCHES):
         await submit(nc, batch(f"d{n}", 20))
     await nc.close()
-    await wait_for(lambda: _n_parked(stack, BATCHES), 90, what="all parked")
+    await wait_for(lambda: n_parked(stack, BATCHES), 90, what="all parked")
 
 
 async def test_postgres_down_during_the_drain_replays_everything(
@@ -33,12 +33,12 @@ async def test_postgres_down_during_the_drain_replays_everything(
     await stack.pod("recovery")
     await stack.started()
     await pg.stop()
-    await _rotate(stack, NEW_KEY)
+    await rotate(stack, NEW_KEY)
     # Long enough that every replay's first tries fail and the drain's own sweeps are over.
     await asyncio.sleep(15)
     await pg.start()
     assert await wait_finished(stack, BATCHES, timeout=120) == {"succeeded": BATCHES}
-    assert await _parked(stack) == 0
+    assert await parked(stack) == 0
     names = [j["display_name"] for j in (await stack.emulator.state())["jobs"]]
     assert len(names) == len(set(names)) == BATCHES
     assert "replay.failed" in stack.logs()
@@ -55,14 +55,14 @@ async def test_recovery_killed_between_rows_and_replays_leaves_nothing_behind(
     await _park_all(stack)
     doomed = await stack.pod("recovery", BATCHYARD_FAILPOINTS="replay.after_rows")
     await stack.started()
-    await _rotate(stack, NEW_KEY)
+    await rotate(stack, NEW_KEY)
     await asyncio.wait_for(doomed.proc.wait(), 60)
     db = await stack.db()
     moved = await statuses(db)
     assert moved.get("pending_submission"), moved  # rows moved, no replay published
     await stack.pod("recovery")
     assert await wait_finished(stack, BATCHES, timeout=40) == {"succeeded": BATCHES}
-    assert await _parked(stack) == 0
+    assert await parked(stack) == 0
     await db.close()
 
 
@@ -84,7 +84,7 @@ async def test_a_pod_whose_key_file_lags_the_rotation_parks_on_its_last_delivery
     await submit(nc, batch("lag", 20))
     await nc.close()
     # Eight deliveries with the backoff between them (1 2 4 8 16 30 60 s, jittered).
-    await wait_for(lambda: _n_parked(stack, 1), 240, what="parked on its last delivery")
+    await wait_for(lambda: n_parked(stack, 1), 240, what="parked on its last delivery")
     db = await stack.db()
     assert await statuses(db) == {"auth_failed": 1}
     assert '"deliveries_exhausted"' not in stack.logs()

@@ -25,7 +25,7 @@ from consumers.status import (
 )
 from consumers.store.batches import Store
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHECK = re.compile(r"CHECK\s*\(\s*status\s+IN\s*\(([^)]*)\)", re.IGNORECASE)
 # What mypy would refuse, given at run time to show the runtime checks.
 TYPO: Any = "submited"
