@@ -81,6 +81,8 @@ async def run_demo(settings: Settings) -> int:
             env = {**os.environ, "NATS_URL": natsd.url, "DATABASE_URL": pg.url,
                    "GEMINI_API_KEY_FILE": str(key_file), "GEMINI_BASE_URL": emu.url,
                    "BATCHYARD_POLL_INTERVAL": "1s", "BATCHYARD_KEY_CHECK_INTERVAL": "5s",
+                   # the emulator's jobs take seconds: a 20 s pack wait would be most of it
+                   "BATCHYARD_PACK_WAIT": "2s",
                    "BATCHYARD_HTTP_PORT": "0", "BATCHYARD_LOG_LEVEL": "warning"}
             env.pop("GEMINI_API_KEY", None)
             for roles in (["submit", "poll"], ["submit", "poll"], ["key-health"], ["recovery"]):
