@@ -18,6 +18,7 @@ import asyncpg
 import structlog
 from nats.js.errors import NotFoundError
 
+from consumers import failpoints
 from consumers.app import App
 from consumers.batch import kept, letters, reuse
 from consumers.batch.inputs import Input
@@ -113,14 +114,32 @@ async def refused(app: App, pack_id: str, found: list[Member], error: PermanentE
 
 async def key_refused(app: App, pack_id: str, found: list[Member], error: AuthError) -> None:
     """The pack's job cannot be created for a bad key: each member's own batch.submit is
-    parked (CONTRACT §12), and its replay joins a new pack."""
+    parked (CONTRACT §12), and its replay joins a new pack.
+
+    The pack ends first: a member replayed while the others are being parked must not
+    join it again. A sealer stopped in between leaves members `submitting` in an ended
+    pack with no job, which `park_left` parks on the next round."""
     log.warning("pack.key_refused", pack=pack_id, error=error.message)
+    await app.store.packs.finished(pack_id, "cancelled")
+    failpoints.hit("pack.before_parks")
+    await _park_each(app, found, error)
+
+
+async def park_left(app: App, pack_id: str) -> None:
+    """Members an ended pack with no job left `submitting` (its sealer stopped while
+    parking them): parked as it would have parked them."""
+    left = [m for m in await members(app, pack_id) if m.status == "submitting"]
+    log.warning("pack.members_left", pack=pack_id, batches=len(left))
+    await _park_each(app, left, AuthError(
+        f"pack {pack_id} was refused for a bad key", status="KEY_MARKED_INVALID"))
+
+
+async def _park_each(app: App, found: list[Member], error: AuthError) -> None:
     own = []
     for m in found:
         if (got := await _message(app, m)) is not None:
             own.append((m.batch_id, m.attempt, got[1], got[2]))
     await letters.park_members(app, own, error)
-    await app.store.packs.finished(pack_id, "cancelled")
 
 
 async def _message(app: App, m: Member) -> tuple[asyncpg.Record, int, bytes] | None:

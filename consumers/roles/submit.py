@@ -93,6 +93,9 @@ class Submit:
                 found = await packing.members(app, pack_id)
                 await self._hand_off(pack_id, pack["job_name"], pack["input_file"], found)
                 return
+            if pack is not None and not pack["job_name"] and pack["state"] == "cancelled":
+                await packing.park_left(app, pack_id)  # a sealer stopped while parking
+                return
             s = app.settings
             admitted = await app.store.packs.admit(pack_id, s.max_active_jobs,
                                                    s.max_enqueued_tokens)

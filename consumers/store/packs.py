@@ -114,16 +114,17 @@ class Packs:
                     await conn.remove_listener(WAKE, listener)
 
     async def due(self, wait: float, stuck_after: float, limit: int = 20) -> list[str]:
-        """Packs to seal and create: full, or open for `wait`; and creations or hand-offs
-        under way for `stuck_after` (their pod may have died)."""
+        """Packs to seal and create: full, or open for `wait`; and creations, hand-offs
+        or parkings under way for `stuck_after` (their pod may have died)."""
         async with db_errors():
             rows = await self.pool.fetch(
                 "SELECT pack_id FROM batchyard.packs p WHERE (state = 'open' AND (sealed_at"
                 " IS NOT NULL OR created_at < now() - make_interval(secs => $1)))"
                 " OR (state = 'creating' AND sealed_at < now() - make_interval(secs => $2))"
-                " OR (state IN ('pending', 'running') AND sealed_at < now()"
-                " - make_interval(secs => $2) AND EXISTS (SELECT 1 FROM"
-                " batchyard.pack_members m JOIN batchyard.batches b USING (batch_id)"
+                " OR (((state IN ('pending', 'running') AND sealed_at < now()"
+                " - make_interval(secs => $2)) OR (state = 'cancelled' AND job_name IS NULL"
+                " AND finished_at < now() - make_interval(secs => $2))) AND EXISTS (SELECT 1"
+                " FROM batchyard.pack_members m JOIN batchyard.batches b USING (batch_id)"
                 " WHERE m.pack_id = p.pack_id AND b.attempt = m.attempt"
                 " AND b.status = 'submitting'))"
                 " ORDER BY created_at LIMIT $3", wait, stuck_after, limit)

@@ -17,6 +17,7 @@ from events import subjects
 from events.payloads import DEFAULT_MODEL, Completed, Dead, Item, SubmitRequest
 from sandbox.emulator import embed
 from tests.harness import Stack, batch, stream_messages, submit, wait_finished, wait_for
+from tests.keys import NEW_KEY, n_parked, rotate
 
 PACK = {"BATCHYARD_PACK_WAIT": "1s"}
 
@@ -300,6 +301,29 @@ async def test_key_expiry_while_a_pack_runs_parks_it_once_and_resumes_the_same_j
     packs = _packs(await stack.emulator.state())
     assert len(packs) == 1 and len((await stack.emulator.state())["jobs"]) == 1
     await db.close()
+    await nc.close()
+
+
+async def test_a_sealer_stopped_while_parking_leaves_no_member_behind(stack: Stack) -> None:
+    from tests.conftest import KEY
+
+    await stack.emulator.set_key(NEW_KEY, "valid")
+    await stack.emulator.set_key(KEY, "expired")
+    doomed = await stack.pod("submit", BATCHYARD_FAILPOINTS="pack.before_parks",
+                             BATCHYARD_PACK_WAIT="2s")
+    await stack.pod("poll")
+    await stack.pod("key-health")
+    await stack.pod("recovery")
+    nc = await stack.nc()
+    for n in range(3):
+        await submit(nc, batch(f"h{n}", 20))
+    assert await asyncio.wait_for(doomed.proc.wait(), 60) == -9
+    await stack.pod("submit", BATCHYARD_PACK_WAIT="2s")
+    await wait_for(lambda: n_parked(stack, 3), 60, what="each member parked")
+    assert "pack.members_left" in stack.logs()
+    await rotate(stack, NEW_KEY)
+    assert await wait_finished(stack, 3) == {"succeeded": 3}
+    assert [p["request_count"] for p in _packs(await stack.emulator.state())] == [60]
     await nc.close()
 
 
