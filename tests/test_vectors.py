@@ -97,6 +97,19 @@ def test_keyed_results_read_together_as_one_by_one() -> None:
     ]
 
 
+def test_vectors_checked_together_each_get_their_own_verdict() -> None:
+    from consumers.batch.results import check_vector, check_vectors
+
+    good = np.asarray([0.6, 0.8], dtype=np.float32)
+    vectors = [good, np.asarray([np.nan, 1], dtype=np.float32), None, np.zeros(2, np.float32),
+               np.asarray([1, 2, 3], dtype=np.float32), np.asarray([], dtype=np.float32),
+               np.asarray([1e-40, 0], dtype=np.float32), np.asarray([3e38, 3e38], np.float32),
+               np.asarray([1e200, 1.0]), good]
+    for dims in (2, 3, None):
+        assert check_vectors(vectors, dims) == [
+            None if v is None else check_vector(v, dims) for v in vectors]
+
+
 @pytest.mark.parametrize("body", [
     b"[1]", b'{"metadata": 5}', b'{"name": 7}',
     b'{"metadata":{"output":{"inlinedResponses":{"inlinedResponses":[5]}}}}',
