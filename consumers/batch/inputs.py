@@ -124,9 +124,9 @@ class Input:
             shas.append(hashlib.sha256(data).digest())
         return size, shas
 
-    @property
+    @cached_property
     def text_bytes(self) -> int:
-        """UTF-8 bytes of all texts."""
+        """UTF-8 bytes of all texts (once: a submit asks for it many times per batch)."""
         if self.shas is not None and "_measured" not in self.__dict__:
             return sum(len(i.text.encode()) for i in self.items)
         return self._measured[0]

@@ -68,6 +68,34 @@ def check_vector(vector: np.ndarray, dims: int | None) -> str | None:
     return None
 
 
+def check_vectors(vectors: list[np.ndarray | None], dims: int | None) -> list[str | None]:
+    """`check_vector` of each of `vectors` (None for None), the usual case, vectors all of
+    one length, in one pass over them all: a few numpy calls, not a few per vector.
+
+    A vector's squares summed in float64 are finite and not 0 when its values are all
+    finite and not all zero, and for float32 values only then (no square of one under-
+    or overflows there); a vector they flag is checked again by check_vector, for its
+    reason.
+    """
+    whys: list[str | None] = [None] * len(vectors)
+    present = [(n, v) for n, v in enumerate(vectors) if v is not None]
+    if not present:
+        return whys
+    size = dims if dims is not None else present[0][1].size
+    sized = [(n, v) for n, v in present if v.size == size]
+    good = [False] * len(vectors)
+    if size and sized:
+        matrix = np.concatenate([v for _, v in sized]).reshape(len(sized), size)
+        squares = np.einsum("ij,ij->i", matrix, matrix, dtype=np.float64)
+        for (n, _), fine in zip(sized, (np.isfinite(squares) & (squares > 0)).tolist(),
+                                strict=True):
+            good[n] = fine
+    for n, v in present:
+        if not good[n]:
+            whys[n] = check_vector(v, dims)
+    return whys
+
+
 class Ingest:
     """Collects one attempt's results: rows to write, ids embedded, per-item failures."""
 
@@ -93,9 +121,11 @@ class Ingest:
         self._tail = bytearray()
         self._skipping = False  # a line past max_line is being dropped up to its end
 
-    def add(self, key: str | None, vector: np.ndarray | None, error: ErrorDetail | None) -> None:
+    def add(self, key: str | None, vector: np.ndarray | None, error: ErrorDetail | None,
+            checked: bool = False) -> None:
         """Take the result for `key`. A result for no item is counted and dropped; a second
-        result for one item fails it, since which of the two is its own is unknown."""
+        result for one item fails it, since which of the two is its own is unknown.
+        `checked`: `vector` has passed check_vector already."""
         at = self.position.get(key) if key is not None else None
         if at is None:
             self.unexpected += 1
@@ -105,7 +135,7 @@ class Ingest:
             self.duplicated.add(key)
             return
         if vector is not None and error is None:
-            why = check_vector(vector, self.dims)
+            why = None if checked else check_vector(vector, self.dims)
             if why is None:
                 self.done[at] = EMBEDDED
                 self.embedded += 1
@@ -272,9 +302,12 @@ async def ingest_inline(app: App, inp: Input, results: list[InlineResult]) -> In
 async def _ingest(app: App, inp: Input, keys: list[str | None],
                   results: list[InlineResult]) -> Ingest:
     ingest = Ingest(app, inp)
-    for key, result in zip(keys, results, strict=True):
+    whys = check_vectors([None if r.error else r.values for r in results], ingest.dims)
+    for key, result, why in zip(keys, results, whys, strict=True):
         error = ErrorDetail(status=result.status, message=result.error) if result.error else None
-        ingest.add(key, result.values, error)
+        if why is not None:
+            error = ErrorDetail(status="INVALID_EMBEDDING", message=why)
+        ingest.add(key, result.values, error, checked=True)
         if len(ingest.rows) >= FLUSH_ROWS:
             await ingest.flush()
     await ingest.finish()

@@ -31,8 +31,9 @@ _STATE_ONLY = "name,metadata(displayName,state,batchStats,output.responsesFile)"
 TRANSFER_TIMEOUT = 1800.0
 
 
-@dataclass(frozen=True)
-class InlineResult:
+class InlineResult(msgspec.Struct, frozen=True):
+    # A Struct, not a dataclass: one is made per inlined response, in 0.1 µs against a
+    # frozen dataclass's 0.6.
     values: np.ndarray | None
     error: str | None
     status: str | None = None  # INVALID_EMBEDDING: values that are not a list of numbers
@@ -318,10 +319,7 @@ def _job_of(doc: Any, name: str) -> Job:
     listed = (_field(out, "inlinedEmbedContentResponses", simdjson.Object)
               or _field(out, "inlinedResponses", simdjson.Object))
     rows = _field(listed, "inlinedResponses", simdjson.Array)
-    inline: list[InlineResult] | None = None
-    if rows is not None:
-        with np.errstate(over="ignore"):
-            inline = [_inlined(row) for row in rows]
+    inline = _inline(rows) if rows is not None else None
     state = (_field(meta, "state", str) or "").replace("BATCH_STATE_", "JOB_STATE_", 1)
     return Job(name=_field(doc, "name", str) or name,
                display_name=_field(meta, "displayName", str),
@@ -350,6 +348,41 @@ def _meta_key(meta: Any) -> str | None:
         return None
     key = meta.get("key") if isinstance(meta, (dict, simdjson.Object)) else None
     return key if isinstance(key, str) else ""
+
+
+def _inline(rows: Any) -> list[InlineResult]:
+    """Each of the inlined responses `rows`, as `_inlined` reads it.
+
+    A response of the usual shape, `{"metadata": {"key": "…"}, "response": {"embedding":
+    {"values": [numbers]}}}`, is read here in a few lookups, and its values go into one
+    float32 matrix (a row per response) with the first such response's length; anything
+    else is left to `_inlined`. Each field `_inlined` asks for and finds absent (`error`,
+    on every success) costs a KeyError raised and caught inside simdjson: some 3 µs, near
+    a third of what `_inlined` takes for the whole response.
+    """
+    out: list[InlineResult] = []
+    matrix: np.ndarray | None = None
+    with np.errstate(over="ignore"):  # beyond float32 is inf, for check_vector to reject
+        for n, row in enumerate(rows):
+            try:
+                key = row["metadata"]["key"]
+                values = row["response"]["embedding"]["values"]
+                doubles = np.frombuffer(values.as_buffer(of_type="d"), np.float64)
+            except (LookupError, TypeError, AttributeError, ValueError):
+                out.append(_inlined(row))
+                continue
+            # Two fields, both found: there is no `error`. A nested array flattens to
+            # more values than it has elements.
+            if len(row) != 2 or type(key) is not str or doubles.size != len(values) \
+                    or (matrix is not None and doubles.size != matrix.shape[1]):
+                out.append(_inlined(row))
+                continue
+            if matrix is None:
+                matrix = np.empty((len(rows), doubles.size), np.float32)
+            vector = matrix[n]
+            vector[:] = doubles
+            out.append(InlineResult(vector, None, key=key))
+    return out
 
 
 def _inlined(row: Any) -> InlineResult:

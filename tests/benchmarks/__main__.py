@@ -45,6 +45,9 @@ def table(r: dict) -> str:
            f"{c['items_per_s']} items/s, {c['batches_per_s']} batches/s; submit "
            f"{c['cpu_s_per_1000_items_by_role']['submit']}, poll "
            f"{c['cpu_s_per_1000_items_by_role']['poll']}") for c in cost),
+        *((f"cost vs its floor, {c['pods_per_role']} pod(s) per role",
+           f"{c['cpu_ratio_to_floor']}x", f"floor {c['floor_cpu_s_per_1k_items']} cpu-s/1k")
+          for c in cost),
         ("reuse 95k stored of 100k vs raw COPY", f"{ru['ratio_reuse_to_raw_copy']}x",
          f"{ru['reuse_rows_per_s']} vs {ru['raw_copy_rows_per_s']} rows/s"),
         ("reuse CPU vs ingesting, ours", f"{ru['cpu_ratio_reuse_to_ingest_ours']}x", ""),

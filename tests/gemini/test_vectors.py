@@ -78,6 +78,38 @@ def test_each_inlined_result_is_read_on_its_own() -> None:
     ]
 
 
+def test_keyed_results_read_together_as_one_by_one() -> None:
+    """Keyed responses of the usual shape share one matrix; any other is read on its own."""
+    rows = [_embedding([1, 2.5]), _embedding([3, 4]), _embedding([1, 2, 3]),
+            _embedding([[1, 2], [3]]), {"error": {"code": 13}}, _embedding([5, 6])]
+    job = _raw_job(_operation(*[{**row, "metadata": {"key": f"k{n}"}}
+                                for n, row in enumerate(rows)]), "n")
+    assert job.inline is not None
+    got = [(r.values.tolist() if r.values is not None else None, r.error, r.status, r.key)
+           for r in job.inline]
+    assert got == [
+        ([1.0, 2.5], None, None, "k0"),
+        ([3.0, 4.0], None, None, "k1"),
+        ([1.0, 2.0, 3.0], None, None, "k2"),
+        (None, "embedding values are not a flat list of numbers", "INVALID_EMBEDDING", "k3"),
+        (None, "error 13", None, "k4"),
+        ([5.0, 6.0], None, None, "k5"),
+    ]
+
+
+def test_vectors_checked_together_each_get_their_own_verdict() -> None:
+    from consumers.batch.results import check_vector, check_vectors
+
+    good = np.asarray([0.6, 0.8], dtype=np.float32)
+    vectors = [good, np.asarray([np.nan, 1], dtype=np.float32), None, np.zeros(2, np.float32),
+               np.asarray([1, 2, 3], dtype=np.float32), np.asarray([], dtype=np.float32),
+               np.asarray([1e-40, 0], dtype=np.float32), np.asarray([3e38, 3e38], np.float32),
+               np.asarray([1e200, 1.0]), good]
+    for dims in (2, 3, None):
+        assert check_vectors(vectors, dims) == [
+            None if v is None else check_vector(v, dims) for v in vectors]
+
+
 @pytest.mark.parametrize("body", [
     b"[1]", b'{"metadata": 5}', b'{"name": 7}',
     b'{"metadata":{"output":{"inlinedResponses":{"inlinedResponses":[5]}}}}',
