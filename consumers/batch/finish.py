@@ -66,8 +66,7 @@ async def finish_attempt(app: App, msg: Msg, inp: Input, attempt: int,
     now = utcnow()
     if status != "failed":
         done = Completed(batch_id=batch_id, attempt=attempt, job_name=job_name,
-                         status=status,
-                         items_total=total, items_embedded=embedded,
+                         status=status, items_total=total, items_embedded=embedded,
                          items_failed=dead, items_reused=reused, completed_at=now)
         await publish(app.js, subjects.COMPLETED, done,
                       subjects.completed_id(batch_id, attempt))

@@ -17,7 +17,7 @@ from nats.js.kv import KeyValue
 
 from consumers import metrics
 from consumers.errors import BatchyardError
-from consumers.gemini.client import Job
+from consumers.gemini.jobs import Job
 from consumers.kvdoc import KvDoc
 from consumers.settings import Settings
 from consumers.store.batches import Store

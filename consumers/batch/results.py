@@ -16,7 +16,7 @@ import structlog
 from consumers import vectors
 from consumers.app import App
 from consumers.batch.inputs import Input
-from consumers.gemini.client import InlineResult
+from consumers.gemini.jobs import InlineResult
 from events.payloads import MAX_DIMENSIONALITY, ErrorDetail
 
 log = structlog.get_logger("batchyard.results")

@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 from consumers.app import App
 from consumers.batch.finish import finish_attempt
 from consumers.batch.inputs import JSON_ESCAPE, LINE_FRAMING, Input
-from consumers.gemini.client import TERMINAL
+from consumers.gemini.jobs import TERMINAL
 from events.payloads import ErrorDetail, Item
 
 FILE_MAX_BYTES = 2 * 1024**3  # the Batch API's input file limit

@@ -19,7 +19,8 @@ from consumers import metrics
 from consumers.app import App
 from consumers.batch import kept
 from consumers.errors import AuthError, PermanentError, RetryableError
-from consumers.gemini.client import TERMINAL, TRANSFER_TIMEOUT, Job
+from consumers.gemini.client import TRANSFER_TIMEOUT
+from consumers.gemini.jobs import TERMINAL, Job
 from consumers.status import FINISHED, LIVE
 
 log = structlog.get_logger("batchyard.sweep")

@@ -11,7 +11,7 @@ from consumers.app import App
 from consumers.batch import packing, shards
 from consumers.batch.inputs import load_input, next_attempt
 from consumers.errors import BatchyardError
-from consumers.gemini.client import TERMINAL
+from consumers.gemini.jobs import TERMINAL
 from consumers.status import FINISHED
 from events import subjects
 from events.payloads import Item

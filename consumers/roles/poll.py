@@ -19,7 +19,7 @@ from consumers.batch.inputs import Input
 from consumers.batch.results import ingest_file, ingest_inline
 from consumers.batch.sweep import forget_file, sweep_forever
 from consumers.errors import AuthError, BatchyardError, PermanentError, RetryableError
-from consumers.gemini.client import TERMINAL, Job
+from consumers.gemini.jobs import TERMINAL, Job
 from consumers.runtime import ACK, Outcome, nak, term
 from consumers.status import LIVE
 from events import jetstream as defs

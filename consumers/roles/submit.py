@@ -23,7 +23,7 @@ from consumers.batch.inputs import INLINE_MAX_BYTES, Input, load_items
 from consumers.batch.online import embed_online
 from consumers.batch.sweep import forget_file
 from consumers.errors import AuthError, BatchyardError, PermanentError, RetryableError
-from consumers.gemini.client import TERMINAL, Job
+from consumers.gemini.jobs import TERMINAL, Job
 from consumers.runtime import ACK, Outcome, backoff, nak, term
 from consumers.status import FINISHED, RUNNING
 from events import jetstream as defs

@@ -69,7 +69,7 @@ async def test_running_job_progress_is_shown_and_counted(stack: Stack) -> None:
 
 def test_batch_stats_are_read_from_the_raw_operation() -> None:
     """int64 counts arrive as strings; an absent count is 0; a bogus one is not trusted."""
-    from consumers.gemini.client import Progress, _raw_job
+    from consumers.gemini.jobs import Progress, _raw_job
 
     def job(stats: Any) -> Any:
         meta = {"state": "BATCH_STATE_RUNNING", "batchStats": stats}

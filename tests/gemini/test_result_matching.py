@@ -9,7 +9,7 @@ import numpy as np
 
 from consumers.batch.inputs import Input
 from consumers.batch.results import ingest_inline
-from consumers.gemini.client import InlineResult
+from consumers.gemini.jobs import InlineResult
 from events.payloads import DEFAULT_MODEL, Item, SubmitRequest
 from sandbox.emulator import embed
 from tests.harness import Stack, batch, submit, wait_finished

@@ -11,7 +11,7 @@ import pytest
 
 from consumers import vectors
 from consumers.errors import PermanentError
-from consumers.gemini.client import _raw_job
+from consumers.gemini.jobs import _raw_job
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
