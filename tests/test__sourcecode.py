@@ -103,3 +103,31 @@ def test_the_sql_rule_bites() -> None:
                "store/x": 'Q = "DELETE FROM batchyard.jobs"',
                "batch/y": 'log = "selected"'}
     assert sql_outside_store(made_up) == {"batch/x"}
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
+
+
+def too_long(modules: dict[str, str]) -> list[str]:
+    """Modules over MAX_MODULE_LINES lines and functions over MAX_FUNCTION_LINES."""
+    found = []
+    for name, source in modules.items():
+        if (lines := source.count("\n")) > MAX_MODULE_LINES:
+            found.append(f"{name}: {lines} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                size = (node.end_lineno or node.lineno) - node.lineno + 1
+                if size > MAX_FUNCTION_LINES:
+                    found.append(f"{name}.{node.name}: {size} lines")
+    return sorted(found)
+
+
+def test_modules_and_functions_stay_short() -> None:
+    assert too_long(_modules()) == []
+
+
+def test_the_length_rule_bites() -> None:
+    body = "".join(f"    x{n} = {n}\n" for n in range(MAX_FUNCTION_LINES))
+    made_up = {"batch/x": f"def f():\n{body}", "batch/y": "x = 1\n" * (MAX_MODULE_LINES + 1),
+               "batch/z": f"def g():\n{body[:-len('    x59 = 59')-1]}"}
+    assert too_long(made_up) == ["batch/x.f: 61 lines", "batch/y: 401 lines"]
