@@ -39,6 +39,16 @@ FALLBACK_AFTER = 2  # whole-job failures on the Batch API side before going onli
 HELD = Outcome(ACK.action, label="held")
 
 
+class Held(Exception):
+    """The batch waits for room (a wait, never a failure): `Submit.handle` puts its
+    message back. `full`: there was no room, not just a closed gate."""
+
+    def __init__(self, reason: str, *, full: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.full = full
+
+
 class Submit:
     name = "submit"
     consumer = defs.SUBMIT
@@ -163,13 +173,10 @@ class Submit:
     async def handle(self, msg: Msg) -> Outcome:
         req = decode(msg.data, SubmitRequest)
         with structlog.contextvars.bound_contextvars(batch_id=req.batch_id, attempt=req.attempt):
-            outcome = await self._handle(msg, req)
-            if outcome is HELD:
-                # Put back only once the batch's claim is let go: a peer taking the copy
-                # at once must not find the batch busy and spend a delivery on it.
-                await publish(self.app.js, subjects.SUBMIT, msg.data,
-                              subjects.held_id(msg.metadata.sequence.stream))
-            return outcome
+            try:
+                return await self._handle(msg, req)
+            except Held as held:
+                return await self._put_back(msg, held)
 
     async def _handle(self, msg: Msg, req: SubmitRequest) -> Outcome:
         app, batch_id = self.app, req.batch_id
@@ -209,13 +216,10 @@ class Submit:
             if parts:
                 return await self._sharded(msg, inp, row, parts, recorded)
             try:
-                made = await self._admitted(msg, inp, 0)
+                job, input_file = await self._admitted(inp, 0)
             except PermanentError as exc:
                 await app.quota.release(batch_id, req.attempt)
                 return await self._refused(msg, inp, row, exc)
-            if isinstance(made, Outcome):
-                return made
-            job, input_file = made
             await app.store.move(
                 batch_id, "submitted", on_attempt=req.attempt, from_="submitting",
                 job_name=job.name, input_file=input_file, submitted_at=utcnow(), last_error=None)
@@ -224,18 +228,25 @@ class Submit:
                  input_file=input_file)
         return ACK
 
-    async def _hold(self, msg: Msg, why: str, *, full: bool = False) -> Outcome:
-        """The batch waits for room: `handle` puts the message back on batch.submit (a
-        wait spends no deliveries). After `full` (no room) this pod fetches no more until
-        a job finishes or the cooldown passes."""
-        req = decode(msg.data, SubmitRequest)
+    async def _held(self, req: SubmitRequest, reason: str, *, full: bool = False) -> Held:
+        """The Held to raise for a batch that waits for room, its row back in
+        pending_submission while this pod still holds the batch's claim."""
         await self.app.store.move(req.batch_id, "pending_submission", on_attempt=req.attempt,
                                   from_="submitting")
+        return Held(reason, full=full)
+
+    async def _put_back(self, msg: Msg, held: Held) -> Outcome:
+        """Put a held message back on batch.submit (a wait spends no deliveries), now that
+        the batch's claim is let go: a peer taking the copy at once must not find the batch
+        busy and spend a delivery on it. After no room (`full`) this pod fetches no more
+        until a job finishes or the cooldown passes."""
         self.app.quota.paused_until = time.monotonic() + HOLD_PAUSE
-        if full:
+        if held.full:
             await self.app.quota.full()
         metrics.HELD.inc()
-        log.info("submit.held", reason=why)
+        log.info("submit.held", reason=held.reason)
+        await publish(self.app.js, subjects.SUBMIT, msg.data,
+                      subjects.held_id(msg.metadata.sequence.stream))
         return HELD
 
     async def _busy(self, msg: Msg) -> Outcome:
@@ -278,7 +289,7 @@ class Submit:
                     await self._hand_to_poll(batch_id, attempt, done["job_name"], k)
                 continue
             try:
-                made = await self._admitted(msg, Input(req, items), k)
+                job, _ = await self._admitted(Input(req, items), k)
             except PermanentError as exc:
                 if k == 1:
                     await app.quota.release(batch_id, attempt, k)
@@ -289,9 +300,6 @@ class Submit:
                 await app.quota.finished(batch_id, attempt, "failed", k,
                                          dict.fromkeys((item.id for item in items), exc.detail()))
                 continue
-            if isinstance(made, Outcome):
-                return made
-            job, _ = made
             await self._hand_to_poll(batch_id, attempt, job.name, k)
             log.info("shard.submitted", shard=k, shards=len(parts), job_name=job.name,
                      items=len(items))
@@ -303,27 +311,26 @@ class Submit:
         await shards.settle(app, msg, inp, stage="submit")  # all shards may be done already
         return ACK
 
-    async def _admitted(self, msg: Msg, inp: Input, shard: int,
-                        ) -> tuple[Job, str | None] | Outcome:
+    async def _admitted(self, inp: Input, shard: int) -> tuple[Job, str | None]:
         """Take a slot, pass the gate, and create (or adopt) the job of `shard` of `inp`'s
-        attempt: the job and its input file, or the Outcome of a hold when the Batch API
-        has no room. A creation the API answered with a 429 or an auth error gives its
-        slot back; one whose outcome is unknown keeps it (the next try adopts); on
-        PermanentError the caller settles (a refused shard keeps its row, as failed)."""
+        attempt: the job and its input file. Raises Held when the Batch API has no room.
+        A creation the API answered with a 429 or an auth error gives its slot back; one
+        whose outcome is unknown keeps it (the next try adopts); on PermanentError the
+        caller settles (a refused shard keeps its row, as failed)."""
         app, req = self.app, inp.request
         batch_id, attempt = req.batch_id, req.attempt
         name = subjects.display_name(batch_id, attempt, shard)
         reserved = await app.quota.reserve(batch_id, attempt, name, len(inp.items),
                                            inp.est_tokens(), inp.model, shard=shard)
         if reserved is None:
-            return await self._hold(msg, "no room: active jobs or enqueued tokens at limit",
-                                    full=True)
+            raise await self._held(req, "no room: active jobs or enqueued tokens at limit",
+                                   full=True)
         # The row of an earlier try (a crash, a lost answer) may have a job: look it up
         # before creating one.
         adopt = reserved == "again"
         if not adopt and not await app.quota.may_create():
             await app.quota.release(batch_id, attempt, shard)
-            return await self._hold(msg, "the quota gate is closed")
+            raise await self._held(req, "the quota gate is closed")
         try:
             job, input_file = await self._create(inp, name, adopt=adopt)
         except RetryableError as exc:
@@ -333,7 +340,7 @@ class Submit:
                 raise
             await app.quota.release(batch_id, attempt, shard)
             await app.quota.close(exc.delay, exc.message)
-            return await self._hold(msg, f"429 on creation: {exc.message}")
+            raise await self._held(req, f"429 on creation: {exc.message}") from exc
         except AuthError:
             await app.quota.release(batch_id, attempt, shard)  # parked: no job, no slot
             raise
