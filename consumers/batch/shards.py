@@ -1,10 +1,11 @@
-"""Batches too big for one job (CONTRACT §11): the split, and settling shard by shard.
+"""An attempt's jobs (CONTRACT §11): one, or shards of a batch too big for one; settling
+job by job.
 
-Shards are contiguous runs of the attempt's items, k = 1…n. The `jobs` table is the
-record: each shard's row holds its item count, so shard k starts where shards 1…k-1
-end, whatever BATCHYARD_MAX_JOB_TOKENS says by the time it is polled. A finished
-shard keeps its failed items in its row; the attempt settles once, when the rows of
-finished shards cover all of its items.
+An attempt has one job, shard 0, or shards k = 1…n: contiguous runs of its items. The
+`jobs` table is the record: each job's row holds its item count, so shard k starts where
+shards 1…k-1 end, whatever BATCHYARD_MAX_JOB_TOKENS says by the time it is polled. A
+finished job keeps its failed items in its row; the attempt settles once, when the rows
+of finished jobs cover all of its items.
 """
 
 from __future__ import annotations
@@ -62,35 +63,35 @@ async def rows(app: App, batch_id: str, attempt: int) -> list[asyncpg.Record]:
     return await app.store.jobs.of_attempt(batch_id, attempt)
 
 
-async def plan(app: App, inp: Input) -> tuple[list[list[Item]], dict[int, asyncpg.Record]]:
-    """The attempt's shards and their rows so far; no shards when one job will do."""
+async def plan(app: App, inp: Input,
+               ) -> tuple[list[tuple[int, Input]], dict[int, asyncpg.Record]]:
+    """The attempt's jobs, each its shard number and items, and their rows so far: shard 0
+    alone when one job will do (or an earlier try made it so), else shards 1…n."""
     req = inp.request
-    recorded = await rows(app, req.batch_id, req.attempt)
-    if any(r["shard"] == 0 for r in recorded):
-        return [], {}
+    recorded = {int(r["shard"]): r for r in await rows(app, req.batch_id, req.attempt)}
     limit = app.settings.max_job_tokens
-    if not recorded and not needs_split(inp, limit):
-        return [], {}
-    done = [int(r["items"]) for r in recorded if r["shard"] > 0]
-    return split(inp.items, limit, done), {int(r["shard"]): r for r in recorded}
+    if 0 in recorded or (not recorded and not needs_split(inp, limit)):
+        return [(0, inp)], recorded
+    parts = split(inp.items, limit, [int(r["items"]) for r in recorded.values()])
+    return [(k, Input(req, items)) for k, items in enumerate(parts, 1)], recorded
 
 
 def covers(recorded: list[asyncpg.Record], inp: Input) -> bool:
-    """Whether the recorded shards hold every item of the attempt (all were created)."""
-    return sum(int(r["items"]) for r in recorded if r["shard"] > 0) == len(inp.items)
+    """Whether the recorded jobs hold every item of the attempt (all were created)."""
+    return sum(int(r["items"]) for r in recorded) == len(inp.items)
 
 
 def part(inp: Input, recorded: list[asyncpg.Record], shard: int) -> Input:
-    """Shard `shard`'s items of the attempt."""
-    start = sum(int(r["items"]) for r in recorded if 0 < r["shard"] < shard)
+    """Shard `shard`'s items of the attempt (all of them for shard 0)."""
+    start = sum(int(r["items"]) for r in recorded if r["shard"] < shard)
     size = next(int(r["items"]) for r in recorded if r["shard"] == shard)
     return inp.part(start, start + size)
 
 
 async def settle(app: App, msg: Msg, inp: Input, *, stage: str) -> str | None:
-    """Finish the attempt if every one of its shards has; returns the new status or None."""
+    """Finish the attempt if every one of its jobs has; returns the new status or None."""
     req = inp.request
-    recorded = [r for r in await rows(app, req.batch_id, req.attempt) if r["shard"] > 0]
+    recorded = await rows(app, req.batch_id, req.attempt)
     if (not recorded or any(r["state"] not in TERMINAL for r in recorded)
             or not covers(recorded, inp)):
         return None

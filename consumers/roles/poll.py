@@ -48,46 +48,13 @@ class Poll:
         req = decode(msg.data, PollRequest)
         with structlog.contextvars.bound_contextvars(batch_id=req.batch_id, attempt=req.attempt,
                                                      job_name=req.job_name):
-            return await self._handle(msg, req)
+            if req.pack is not None:
+                return await self._pack(msg, req, req.pack)
+            return await self._job(msg, req)
 
-    async def _handle(self, msg: Msg, req: PollRequest) -> Outcome:
-        if req.pack is not None:
-            return await self._pack(msg, req, req.pack)
-        if req.shard:
-            return await self._shard(msg, req)
-        app = self.app
-        row = await app.store.get(req.batch)
-        if (row is None or row["attempt"] != req.attempt or row["job_name"] != req.job_name
-                or row["status"] not in ("submitted", "auth_failed")):
-            log.info("poll.skipped", reason="not this attempt's running job",
-                     status=row["status"] if row else None)
-            return ACK
-        polled = await app.gemini.get_job(req.job_name)
-        if not polled.done:
-            await app.quota.progress(req.batch, req.attempt, polled)
-        if row["status"] == "auth_failed":
-            # Parked at this stage and replayed (or redelivered) before the row moved back.
-            await app.store.move(req.batch, "submitted", on_attempt=req.attempt,
-                                 from_="auth_failed")
-        if (job := await self._finished(polled, row["submitted_at"])) is None:
-            return nak(app.settings.poll_interval, "waiting")
-        async with app.store.claim(req.batch) as claimed:
-            if not claimed:
-                return nak(app.settings.poll_interval, "busy")
-            row = await app.store.get(req.batch)
-            if row is None or row["attempt"] != req.attempt or row["status"] != "submitted":
-                return ACK
-            await app.quota.finished(req.batch, req.attempt, job.state)
-            inp = await reuse.load(app, row)
-            failures, whole = await self._results(job, inp)
-            await finish_attempt(app, msg, inp, req.attempt, failures, stage="poll",
-                                 job_name=job.name, path="batch", whole_job_failed=whole)
-        if row["input_file"]:
-            await forget_file(app, row["input_file"])
-        return ACK
-
-    async def _shard(self, msg: Msg, req: PollRequest) -> Outcome:
-        """One shard's job: settle it alone, and the attempt once all its shards are."""
+    async def _job(self, msg: Msg, req: PollRequest) -> Outcome:
+        """One job of an attempt, its only one (shard 0) or a shard: settle it alone, and
+        the attempt once all of its jobs are."""
         app, batch_id, k = self.app, req.batch, req.shard
         row = await app.store.get(batch_id)
         recorded = await shards.rows(app, batch_id, req.attempt)
@@ -95,7 +62,7 @@ class Poll:
         # A shard's job can finish while later shards are still being created or admitted.
         if (row is None or row["attempt"] != req.attempt or row["status"] not in LIVE
                 or mine is None or mine["job_name"] != req.job_name):
-            log.info("poll.skipped", reason="not this attempt's running shard",
+            log.info("poll.skipped", reason="not this attempt's running job",
                      status=row["status"] if row else None)
             return ACK
         job = None
@@ -104,7 +71,7 @@ class Poll:
             if not job.done:
                 await app.quota.progress(batch_id, req.attempt, job, k)
             if row["status"] == "auth_failed":
-                await self._unpark_shards(row, recorded)
+                await self._unpark(row, recorded)
             if (job := await self._finished(job, mine["created_at"])) is None:
                 return nak(app.settings.poll_interval, "waiting")
         async with app.store.claim(batch_id) as claimed:
@@ -195,10 +162,11 @@ class Poll:
         await self.app.gemini.cancel_job(job.name)
         return Job(name=job.name, display_name=job.display_name, state="cancelled")
 
-    async def _unpark_shards(self, row: asyncpg.Record, recorded: list[asyncpg.Record]) -> None:
-        """A replayed shard moves its batch back to submitted, once every shard exists."""
-        inp = await reuse.load(self.app, row)
-        if shards.covers(recorded, inp):
+    async def _unpark(self, row: asyncpg.Record, recorded: list[asyncpg.Record]) -> None:
+        """A poll parked at this stage and replayed (or redelivered) before the row moved
+        back: the batch is submitted again once every job of its attempt exists."""
+        only = recorded[0]["shard"] == 0  # the attempt's one job: no input to read
+        if only or shards.covers(recorded, await reuse.load(self.app, row)):
             await self.app.store.move(row["batch_id"], "submitted", on_attempt=row["attempt"],
                                       from_="auth_failed")
 
@@ -222,6 +190,8 @@ class Poll:
             req = decode(msg.data, PollRequest)
             if req.pack is not None:
                 return await self._fail_pack(msg, req, req.pack, error)
+            # A shard fails alone, its siblings' paid results kept; an attempt's only job
+            # (shard 0) dead-letters its batch.
             if req.shard and (failed := await self._fail_shard(msg, req, error)) is not None:
                 return failed
         reason = await letters.reject(self.app, msg, error, stage="poll")

@@ -28,7 +28,7 @@ from consumers.runtime import ACK, Outcome, backoff, nak, term
 from consumers.status import FINISHED, RUNNING
 from events import jetstream as defs
 from events import subjects
-from events.payloads import InvalidMessage, Item, PollRequest, SubmitRequest, decode
+from events.payloads import InvalidMessage, PollRequest, SubmitRequest, decode
 from events.publisher import PublishError, publish
 
 log = structlog.get_logger("batchyard.submit")
@@ -213,20 +213,7 @@ class Submit:
                 await packing.join(app, inp)  # the sealer creates the pack's job
                 return ACK
             parts, recorded = await shards.plan(app, inp)
-            if parts:
-                return await self._sharded(msg, inp, row, parts, recorded)
-            try:
-                job, input_file = await self._admitted(inp, 0)
-            except PermanentError as exc:
-                await app.quota.release(batch_id, req.attempt)
-                return await self._refused(msg, inp, row, exc)
-            await app.store.move(
-                batch_id, "submitted", on_attempt=req.attempt, from_="submitting",
-                job_name=job.name, input_file=input_file, submitted_at=utcnow(), last_error=None)
-        await self._hand_to_poll(batch_id, req.attempt, job.name)
-        log.info("batch.submitted", job_name=job.name, items=len(inp.items),
-                 input_file=input_file)
-        return ACK
+            return await self._submit_jobs(msg, inp, row, parts, recorded)
 
     async def _held(self, req: SubmitRequest, reason: str, *, full: bool = False) -> Held:
         """The Held to raise for a batch that waits for room, its row back in
@@ -277,38 +264,54 @@ class Submit:
             return ACK
         return None
 
-    async def _sharded(self, msg: Msg, inp: Input, row: asyncpg.Record,
-                       parts: list[list[Item]], recorded: dict[int, asyncpg.Record]) -> Outcome:
-        """Create the shards' jobs in order, each admitted on its own; resumable anywhere."""
+    async def _submit_jobs(self, msg: Msg, inp: Input, row: asyncpg.Record,
+                           parts: list[tuple[int, Input]],
+                           recorded: dict[int, asyncpg.Record]) -> Outcome:
+        """Create the attempt's jobs in order, its one (shard 0) or its shards, each
+        admitted on its own; resumable anywhere. A job goes to poll when the next one's
+        turn comes (it may end while that one waits for room), the last once the batch
+        row is submitted: an unsplit attempt's poll must find the row naming its job."""
         app, req = self.app, inp.request
         batch_id, attempt = req.batch_id, req.attempt
-        for k, items in enumerate(parts, 1):
+        made: tuple[str | None, str | None] = (None, None)  # the last job and its file
+        unpolled: tuple[str, int] | None = None
+        for k, part in parts:
+            if unpolled is not None:
+                await self._hand_to_poll(batch_id, attempt, *unpolled)
+                unpolled = None
+                failpoints.hit("submit.between_shards")
             done = recorded.get(k)
             if done is not None and (done["job_name"] or done["state"] in TERMINAL):
+                made = (done["job_name"], done["input_file"])
                 if done["job_name"] and done["state"] not in TERMINAL:
-                    await self._hand_to_poll(batch_id, attempt, done["job_name"], k)
+                    unpolled = (done["job_name"], k)
                 continue
             try:
-                job, _ = await self._admitted(Input(req, items), k)
+                job, input_file = await self._admitted(part, k)
             except PermanentError as exc:
-                if k == 1:
+                if k == parts[0][0]:  # the attempt's first job: nothing of it runs yet
                     await app.quota.release(batch_id, attempt, k)
                     return await self._refused(msg, inp, row, exc)
                 # Earlier shards are running: this one fails whole, and its items go
                 # round with the attempt's other failures.
                 log.warning("shard.refused", shard=k, error=exc.message)
-                await app.quota.finished(batch_id, attempt, "failed", k,
-                                         dict.fromkeys((item.id for item in items), exc.detail()))
+                await app.quota.finished(batch_id, attempt, "failed", k, dict.fromkeys(
+                    (item.id for item in part.items), exc.detail()))
                 continue
-            await self._hand_to_poll(batch_id, attempt, job.name, k)
-            log.info("shard.submitted", shard=k, shards=len(parts), job_name=job.name,
-                     items=len(items))
-            failpoints.hit("submit.between_shards")
+            made, unpolled = (job.name, input_file), (job.name, k)
+            log.info("shard.submitted" if k else "batch.submitted", shard=k, shards=len(parts),
+                     job_name=job.name, items=len(part.items), input_file=input_file)
+        # The row names an unsplit attempt's job, none of a split one's (CONTRACT §11); a
+        # split attempt resumed keeps its submitted_at.
+        split = parts[0][0] > 0
+        job_name, input_file = (None, None) if split else made
         await app.store.move(
             batch_id, "submitted", on_attempt=attempt, from_=("submitting", "submitted"),
-            job_name=None, input_file=None, last_error=None,
-            submitted_at=row["submitted_at"] or utcnow())
-        await shards.settle(app, msg, inp, stage="submit")  # all shards may be done already
+            job_name=job_name, input_file=input_file, last_error=None,
+            submitted_at=row["submitted_at"] if split and row["submitted_at"] else utcnow())
+        if unpolled is not None:
+            await self._hand_to_poll(batch_id, attempt, *unpolled)
+        await shards.settle(app, msg, inp, stage="submit")  # all jobs may be done already
         return ACK
 
     async def _admitted(self, inp: Input, shard: int) -> tuple[Job, str | None]:
