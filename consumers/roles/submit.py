@@ -18,10 +18,10 @@ from nats.errors import Error as NatsError
 from consumers import costs, failpoints, metrics
 from consumers.app import App, utcnow
 from consumers.batch import letters, packing, reuse, shards
+from consumers.batch.creation import create_job
 from consumers.batch.finish import finish_attempt
-from consumers.batch.inputs import INLINE_MAX_BYTES, Input, load_items
+from consumers.batch.inputs import Input, load_items
 from consumers.batch.online import embed_online
-from consumers.batch.sweep import forget_file
 from consumers.errors import AuthError, BatchyardError, PermanentError, RetryableError
 from consumers.gemini.jobs import TERMINAL, Job
 from consumers.runtime import ACK, Outcome, backoff, nak, term
@@ -139,7 +139,7 @@ class Submit:
         """The pack's job, or None when this round ends without one."""
         app = self.app
         try:
-            return await self._create(inp, f"pack:{pack_id}", adopt=adopt)
+            return await create_job(app, inp, f"pack:{pack_id}", adopt=adopt)
         except RetryableError as exc:
             if exc.quota:
                 await app.store.packs.release(pack_id)
@@ -335,7 +335,7 @@ class Submit:
             await app.quota.release(batch_id, attempt, shard)
             raise await self._held(req, "the quota gate is closed")
         try:
-            job, input_file = await self._create(inp, name, adopt=adopt)
+            job, input_file = await create_job(app, inp, name, adopt=adopt)
         except RetryableError as exc:
             if not exc.quota:
                 # No answer, or a 5xx: the job may exist. Row and slot stay, and the next
@@ -363,36 +363,6 @@ class Submit:
         await self.app.store.update(inp.request.batch_id, job_failures=row["job_failures"] + 1)
         await self._online(msg, inp)
         return ACK
-
-    async def _create(self, inp: Input, name: str, *, adopt: bool) -> tuple[Job, str | None]:
-        """Create a job named `name`, or adopt the one a crashed pod created."""
-        app = self.app
-        if adopt:
-            found = await app.gemini.find_job(name)
-            if found is not None:
-                log.info("job.adopted", job_name=found.name)
-                return found, None
-        # The bound spares encoding a file the usual small batch will not need.
-        # Past BATCHYARD_INLINE_MAX_ITEMS requests the real API may answer inlined
-        # requests out of order (results are matched by position here): a file instead.
-        few = len(inp.items) <= app.settings.inline_max_items
-        inline = few and inp.max_jsonl_bytes() <= INLINE_MAX_BYTES
-        if inline or (few and len(data := inp.jsonl()) <= INLINE_MAX_BYTES):
-            job = await app.gemini.create_job(
-                inp.model, name, texts=[i.text for i in inp.items],
-                keys=[i.id for i in inp.items], config=inp.embed_config())
-            return job, None
-        file_name = await app.gemini.upload_jsonl(data if few else inp.jsonl(), name)
-        try:
-            job = await app.gemini.create_job(inp.model, name, file_name=file_name)
-        except RetryableError as exc:
-            if exc.quota:  # answered: no job reads the file
-                await forget_file(app, file_name)
-            raise  # else a job may read it: the sweep deletes it once that job is over
-        except (PermanentError, AuthError):
-            await forget_file(app, file_name)
-            raise
-        return job, file_name
 
     async def _online(self, msg: Msg, inp: Input) -> None:
         await costs.submitted(self.app, inp, "online")
