@@ -24,9 +24,9 @@ async def create_job(app: App, inp: Input, name: str, *, adopt: bool,
         if found is not None:
             log.info("job.adopted", job_name=found.name)
             return found, None
-    # The bound spares encoding a file the usual small batch will not need.
-    # Past BATCHYARD_INLINE_MAX_ITEMS requests the real API may answer inlined
-    # requests out of order (results are matched by position here): a file instead.
+    # The bound spares encoding a file the usual small batch will not need. Past
+    # BATCHYARD_INLINE_MAX_ITEMS requests a job goes by file: the inlined answer of a
+    # large job is megabytes in one response (its results are matched by key either way).
     few = len(inp.items) <= app.settings.inline_max_items
     inline = few and inp.max_jsonl_bytes() <= INLINE_MAX_BYTES
     if inline or (few and len(data := inp.jsonl()) <= INLINE_MAX_BYTES):
