@@ -27,9 +27,21 @@ async def connect_nats(settings: Settings, name: str = "batchyard", **options: A
     return await natsauth.connect(kwargs)
 
 
+async def _reset(conn: asyncpg.Connection) -> None:
+    """What a connection goes back to the pool with: asyncpg's own reset has already
+    rolled back an open transaction and dropped the listener callbacks.
+
+    Its default also runs `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`,
+    a round trip on every release, so one for each query made through the pool. Our
+    code leaves none of that behind: no SET, no cursor outside a transaction, and the
+    two that take session state (Store.claim's advisory lock, Packs.woken's LISTEN)
+    give it back or close the connection (tests/store/test_pool_reset.py)."""
+
+
 async def create_pool(settings: Settings, **options: Any) -> asyncpg.Pool:
     """One pool per process; statements time out rather than hang."""
     kwargs: dict[str, Any] = {
+        "reset": _reset,
         "min_size": 1,
         "max_size": max(4, settings.concurrency + 2),
         "command_timeout": 60,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import structlog
 
-from consumers import http, logs
+from consumers import http, logs, malloc
 from consumers.app import App
 from consumers.roles.key_health import KeyHealthRole
 from consumers.roles.poll import Poll
@@ -37,6 +37,7 @@ def role_names(names: list[str]) -> list[str]:
 
 async def run_roles(settings: Settings, names: list[str]) -> int:
     logs.configure(settings.log_level)
+    malloc.keep_freed()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before connecting: a stop during start-up

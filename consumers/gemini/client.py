@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 from google import genai
 from google.genai import _transformers as genai_names
 from google.genai import types
@@ -24,6 +26,8 @@ _FIELD_MASK = "X-Goog-FieldMask"
 # What a poll reads of a job to learn whether it is over: all but the inlined results.
 _STATE_ONLY = "name,metadata(displayName,state,batchStats,output.responsesFile)"
 TRANSFER_TIMEOUT = 1800.0
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+               "all_proxy")
 
 
 class Gemini:
@@ -35,6 +39,7 @@ class Gemini:
         self._keys = keys
         self._client: genai.Client | None = None
         self._client_key: str | None = None
+        self._http: aiohttp.ClientSession | None = None
         self._may_call = may_call
 
     @property
@@ -52,16 +57,32 @@ class Gemini:
                 base_url=self._settings.gemini_base_url,
                 api_version=self._settings.gemini_api_version,
                 timeout=int(self._settings.gemini_timeout * 1000),
+                aiohttp_client=self._session(),
             ))
             self._client_key = key
             if old is not None:
                 await old.aio.aclose()
         return self._client.aio
 
+    def _session(self) -> aiohttp.ClientSession:
+        """The HTTP session every key's client shares (it holds no key; the headers of
+        each request do), made as the SDK makes its own but trusting the environment only
+        when a proxy is set in it: a session that trusts it reads ~/.netrc and the proxy
+        variables in a worker thread before every request."""
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),
+                trust_env=any(os.environ.get(name) for name in _PROXY_VARS),
+                read_bufsize=2**22)
+        return self._http
+
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aio.aclose()
             self._client = None
+        if self._http is not None:
+            await self._http.close()  # the SDK leaves a session it was given to its owner
+            self._http = None
 
     @asynccontextmanager
     async def _call(self, endpoint: str) -> AsyncIterator[None]:

@@ -84,9 +84,7 @@ class Store:
                 yield bool(got)
             finally:
                 if got and not conn.is_closed():
-                    await conn.execute(
-                        "SELECT pg_advisory_unlock(hashtext('batchyard'), hashtext($1))",
-                        batch_id)
+                    await _unlock(conn, batch_id)
 
     async def get(self, batch_id: str) -> asyncpg.Record | None:
         async with db_errors():
@@ -199,3 +197,16 @@ async def _chunks(data: bytes) -> AsyncIterator[bytes]:
     """COPY data as an async iterable: asyncpg reads a file-like source through a thread,
     and its reader keeps the buffer in a reference cycle until a full collection."""
     yield data
+
+
+_UNLOCK = "SELECT pg_advisory_unlock(hashtext('batchyard'), hashtext($1))"
+
+
+async def _unlock(conn: asyncpg.Connection, batch_id: str) -> None:
+    """Give the claim back, or close the connection (which gives it back): the pool
+    does not reset its connections' locks (consumers/connect.py)."""
+    try:
+        await conn.execute(_UNLOCK, batch_id)
+    except BaseException:
+        conn.terminate()
+        raise

@@ -111,7 +111,11 @@ class Packs:
                 yield lambda: not conn.is_closed()
             finally:
                 if not conn.is_closed():
-                    await conn.remove_listener(WAKE, listener)
+                    try:
+                        await conn.remove_listener(WAKE, listener)
+                    except BaseException:
+                        conn.terminate()  # the pool does not UNLISTEN (consumers/connect.py)
+                        raise
 
     async def due(self, wait: float, stuck_after: float, limit: int = 20) -> list[str]:
         """Packs to seal and create: full, or open for `wait`; and creations, hand-offs

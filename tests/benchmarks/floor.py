@@ -5,7 +5,9 @@ HTTP or SQL round trip but the COPY itself.
 
 Built on the libraries directly, not on consumers/, so that it carries none of our
 overheads; its checks are ours: the count of values, all finite, not all zero. Its
-COPY stream is byte for byte the one consumers/store/pgcopy.py writes.
+COPY stream is byte for byte the one consumers/store/pgcopy.py writes. It runs with the
+pods' malloc thresholds (consumers/malloc.py), so that neither side pays page faults
+the other does not.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import aiohttp
 import asyncpg
 import numpy as np
 import simdjson
+
+from consumers import malloc
 
 TABLE = "floor_embeddings"
 COLUMNS = ("item_id", "model", "batch_id", "dims", "embedding", "task_type", "text_sha256")
@@ -131,6 +135,7 @@ async def measure(db: asyncpg.Connection, data: bytes, model: str, ids: Sequence
                   ) -> list[float]:
     """This process's CPU seconds for each round of `batches` batches that all have the
     answer `data` for items `ids`."""
+    malloc.keep_freed()
     # No primary key: every batch writes the same items again.
     await db.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} "
                      "(LIKE batchyard.embeddings INCLUDING DEFAULTS)")
